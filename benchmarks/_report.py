@@ -1,0 +1,39 @@
+"""Small helpers shared by the benchmark scripts: percentiles and an RST table."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from typing import Optional, Sequence
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def rst_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> str:
+    cols = list(zip(header, *rows))
+    widths = [max(len(str(c)) for c in col) for col in cols]
+    rule = "  ".join("=" * w for w in widths)
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    lines = [f"Measured {datetime.date.today().isoformat()} ({machine}). {title}".rstrip(), "",
+             rule, fmt(header), rule, *[fmt(r) for r in rows], rule, ""]
+    return "\n".join(lines)
+
+
+def emit(text: str, docs_file: Optional[str]) -> None:
+    print(text)
+    if docs_file:
+        with open(docs_file, "w") as f:
+            f.write(text)
+        print(f"(written to {docs_file})")

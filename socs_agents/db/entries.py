@@ -1,0 +1,137 @@
+"""What a SupRsync row must satisfy before it is written, as plain functions (no I/O but md5).
+
+Every refusal is a :class:`BadFileEntry` whose message names the file and the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+#: Archives the pysmurf publisher and the smurf-streamer use.
+DEFAULT_ARCHIVES: tuple[str, ...] = ("smurf", "timestreams")
+
+MD5_CHUNK_BYTES = 1 << 20
+
+
+class BadFileEntry(ValueError):
+    """A file that cannot become a SupRsync row; the message says which and why."""
+
+    def __init__(self, path: str, reason: str, code: str) -> None:
+        super().__init__(f"{path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+        #: short machine-readable reason, used for counters
+        self.code = code
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A validated row for ``supersync_v0`` (lowercase hex md5, normalised paths)."""
+
+    local_path: str
+    remote_path: str
+    archive_name: str
+    local_md5sum: str
+    timestamp: float = field(default_factory=time.time)
+    deletable: bool = True
+
+    @property
+    def timecode(self) -> Optional[int]:
+        return timecode_of(self.remote_path)
+
+
+def md5_file(path: str, chunk_bytes: int = MD5_CHUNK_BYTES) -> str:
+    """Lowercase hex md5 of a file, read in chunks so memory stays flat (blocking)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def timecode_of(remote_path: str) -> Optional[int]:
+    """The 5-digit ctime code that starts a remote path, the way socs's SupRsync reads it."""
+    first = posixpath.normpath(remote_path).strip("/").split("/")[0]
+    try:
+        code = int(first)
+    except ValueError:
+        return None
+    return code if len(str(code)) == 5 else None
+
+
+def check_local_path(path: str) -> str:
+    """Refuse relative paths and ``..`` components; return the normalised absolute path."""
+    if not isinstance(path, str) or not path:
+        raise BadFileEntry(str(path), "local path must be a non-empty string", "bad_path")
+    if "\x00" in path:
+        raise BadFileEntry(path, "local path contains a NUL byte", "bad_path")
+    if not os.path.isabs(path):
+        raise BadFileEntry(path, "local path is relative; an absolute path is required",
+                           "relative_path")
+    if ".." in path.split("/"):
+        raise BadFileEntry(path, "local path contains '..'", "dotdot_path")
+    return os.path.normpath(path)
+
+
+def check_remote_path(remote_path: str, local_path: str = "") -> str:
+    """Refuse remote paths that would escape the archive's base dir or break md5 checks."""
+    who = local_path or remote_path
+    if not isinstance(remote_path, str) or not remote_path.strip("/"):
+        raise BadFileEntry(who, f"remote path {remote_path!r} is empty", "bad_remote_path")
+    if remote_path.startswith("/"):
+        raise BadFileEntry(who, f"remote path {remote_path!r} is absolute; it must be "
+                           "relative to the archive's base dir", "remote_escape")
+    if ".." in remote_path.split("/"):
+        raise BadFileEntry(who, f"remote path {remote_path!r} contains '..' and could "
+                           "escape the archive's base dir", "remote_escape")
+    if any(c.isspace() for c in remote_path):
+        # SupRsync splits md5sum output on whitespace: such a file would never verify.
+        raise BadFileEntry(who, f"remote path {remote_path!r} contains white space",
+                           "bad_remote_path")
+    return posixpath.normpath(remote_path)
+
+
+def check_archive(archive_name: str, known: Optional[Iterable[str]], path: str = "") -> str:
+    if not isinstance(archive_name, str) or not archive_name:
+        raise BadFileEntry(path, "archive name must be a non-empty string", "unknown_archive")
+    if known is not None:
+        known = tuple(known)
+        if archive_name not in known:
+            raise BadFileEntry(path, f"unknown archive {archive_name!r} (known: "
+                               f"{', '.join(known)})", "unknown_archive")
+    return archive_name
+
+
+def make_entry(local_path: str, remote_path: str, archive_name: str, *,
+               known_archives: Optional[Iterable[str]] = DEFAULT_ARCHIVES,
+               local_md5sum: Optional[str] = None, timestamp: Optional[float] = None,
+               deletable: bool = True) -> FileEntry:
+    """Validate a file and compute its md5 if not given (blocking: run off the reactor).
+
+    Raises:
+        BadFileEntry: bad path, unknown archive, or a file that does not exist.
+    """
+    local_path = check_local_path(local_path)
+    check_archive(archive_name, known_archives, local_path)
+    remote_path = check_remote_path(remote_path, local_path)
+    if local_md5sum is None:
+        try:
+            local_md5sum = md5_file(local_path)
+        except FileNotFoundError:
+            raise BadFileEntry(local_path, "file does not exist", "missing_file") from None
+        except IsADirectoryError:
+            raise BadFileEntry(local_path, "is a directory, not a file", "bad_path") from None
+        except PermissionError:
+            raise BadFileEntry(local_path, "file is not readable (permission denied)",
+                               "unreadable_file") from None
+    return FileEntry(local_path=local_path, remote_path=remote_path,
+                     archive_name=archive_name, local_md5sum=local_md5sum.lower(),
+                     timestamp=time.time() if timestamp is None else float(timestamp),
+                     deletable=bool(deletable))

@@ -1,0 +1,125 @@
+"""``socs-agents demo start|stop``: the site of ``site-config.yaml`` on this machine.
+
+Start brings up the hub, then ocs's HostManager, which launches every agent the site-config
+lists for ``localhost``; it waits until each answers, shows them working, and leaves them
+running. Stop ends the HostManager (and with it its agents) and the hub.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from . import hub
+from .hub.control import _pid_alive, state_dir
+from .testing import wait_for
+
+
+def _demo_dir() -> str:
+    path = os.path.join(state_dir(), "demo")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _instances(site: dict) -> list[dict]:
+    host = (site.get("hosts") or {}).get("localhost") or {}
+    return list(host.get("agent-instances") or [])
+
+
+def _client(site_file: str, instance_id: str):
+    from ocs.ocs_client import OCSClient
+    return OCSClient(instance_id, args=["--site-file", site_file, "--site-host", "localhost"])
+
+
+def _try_client(site_file: str, instance_id: str):
+    try:
+        return _client(site_file, instance_id)
+    except Exception:
+        return None
+
+
+def _show_operations(site_file: str, inst: dict) -> None:
+    client = _client(site_file, inst["instance-id"])
+    api = client._client.get_api()
+    ops = [name for name, *_ in api["tasks"]] + [name for name, *_ in api["processes"]]
+    print(f"\n{inst['instance-id']}: operations {', '.join(ops)}")
+
+
+#: agent class -> what the demo shows of it once it answers
+SHOWCASES: dict = {}
+
+
+def start(site_file: str, timeout: float = 60.0) -> int:
+    site_file = os.path.abspath(site_file)
+    site = hub.load_site_config(site_file)
+    settings = hub.hub_settings(site["hub"])
+    workdir = _demo_dir()
+    if hub.status(settings).answering:
+        print(f"hub already running at {settings.wamp_server}")
+    else:
+        _, seconds = hub.start(settings)
+        print(f"hub up in {seconds:.2f} s at {settings.wamp_server} "
+              f"(node dir {hub.default_node_dir(settings)})")
+
+    managers = [i for i in _instances(site) if i.get("agent-class") == "HostManager"]
+    managed = [i for i in _instances(site) if i.get("agent-class") != "HostManager"
+               and i.get("manage", "host/up") in ("host/up", "host", "up", "yes")]
+    if not managers:
+        print("site-config lists no HostManager for localhost; nothing to launch")
+        return 1
+    hm_id = managers[0]["instance-id"]
+    if _try_client(site_file, hm_id) is None:
+        log = open(os.path.join(workdir, f"{hm_id}.log"), "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ocs.agent_cli", "--instance-id", hm_id,
+             "--site-file", site_file, "--site-host", "localhost", "--working-dir", workdir],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+            start_new_session=True)
+        with open(os.path.join(workdir, "hostmanager.pid"), "w") as f:
+            f.write(str(proc.pid))
+    t0 = time.monotonic()
+    wait_for(lambda: _try_client(site_file, hm_id), timeout, f"HostManager {hm_id}")
+    print(f"HostManager {hm_id} answering after {time.monotonic() - t0:.2f} s; it launches "
+          f"{len(managed)} agent(s) of the site-config")
+    for inst in managed:
+        iid = inst["instance-id"]
+        wait_for(lambda: _try_client(site_file, iid), timeout, f"agent {iid}")
+        print(f"  {inst['agent-class']:<20} {iid:<24} answering")
+
+    for inst in managed:
+        SHOWCASES.get(inst["agent-class"], _show_operations)(site_file, inst)
+
+    print("\nThe site keeps running. Try, from this folder:\n"
+          f"  .venv/bin/python -c \"from ocs.ocs_client import OCSClient; "
+          f"print(OCSClient('{hm_id}', args=['--site-file', 'site-config.yaml'])"
+          ".manager.status())\"\n"
+          "Stop everything with:  make demo-stop")
+    return 0
+
+
+def stop(site_file: str) -> int:
+    site = hub.load_site_config(site_file)
+    settings = hub.hub_settings(site["hub"])
+    pid_file = os.path.join(_demo_dir(), "hostmanager.pid")
+    pid: Optional[int] = None
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        pass
+    if pid and _pid_alive(pid):
+        # SIGTERM lets the HostManager stop its agents before it exits.
+        os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(lambda: not _pid_alive(pid), 30.0, "the HostManager to exit", 0.2)
+            print("HostManager and its agents stopped")
+        except TimeoutError:
+            os.killpg(pid, signal.SIGKILL)
+            print("HostManager did not exit in 30 s; killed")
+    if os.path.exists(pid_file):
+        os.remove(pid_file)
+    print("hub stopped" if hub.stop(settings) else "hub was not running")
+    return 0

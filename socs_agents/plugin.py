@@ -1,0 +1,6 @@
+"""The agent table that ``ocs-agent-cli`` reads through the ``ocs.plugins`` entry point."""
+
+package_name = 'socs_agents'
+agents = {
+    'PysmurfMonitor': {'module': 'socs_agents.agents.pysmurf_monitor.agent', 'entry_point': 'main'},
+}

@@ -1,0 +1,218 @@
+"""A real crossbar hub and real agent processes for tests, benchmarks and the demo.
+
+Each :class:`LocalSite` gets its own port and a realm of its own, so an agent left over from
+another run (same instance-id, still retrying its connection) can never answer for a new one.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import yaml
+
+from . import hub
+
+AGENT_START_TIMEOUT = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something true; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalSite:
+    """A site-config file plus a crossbar hub on loopback, for one test session.
+
+    Args:
+        workdir: folder for the site-config, the hub's node dir and the agents' logs.
+        instances: ``agent-instances`` entries for host ``localhost``.
+        port: the hub's port (a free one by default).
+    """
+
+    def __init__(self, workdir: str, instances: Sequence[dict] = (),
+                 port: Optional[int] = None, realm: Optional[str] = None) -> None:
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.port = port or free_port()
+        self.realm = realm or f"test_{secrets.token_hex(4)}"
+        self.site_file = os.path.join(self.workdir, "site-config.yaml")
+        self.node_dir = os.path.join(self.workdir, "hub")
+        self.log_dir = os.path.join(self.workdir, "logs")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.instances: list[dict] = list(instances)
+        self.agents: list[AgentProcess] = []
+        self.hub_start_seconds: Optional[float] = None
+        self.write_site_config()
+
+    @property
+    def hub_section(self) -> dict:
+        return {
+            "wamp_server": f"ws://127.0.0.1:{self.port}/ws",
+            "wamp_http": f"http://127.0.0.1:{self.port}/call",
+            "wamp_realm": self.realm,
+            "address_root": "observatory",
+        }
+
+    @property
+    def settings(self) -> hub.HubSettings:
+        return hub.hub_settings(self.hub_section)
+
+    def write_site_config(self) -> None:
+        data = {"hub": self.hub_section,
+                "hosts": {"localhost": {"log-dir": self.log_dir,
+                                        "agent-instances": self.instances}}}
+        with open(self.site_file, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+
+    def add_instance(self, agent_class: str, instance_id: str,
+                     arguments: Sequence[Sequence] = ()) -> None:
+        self.instances = [i for i in self.instances if i["instance-id"] != instance_id]
+        self.instances.append({"agent-class": agent_class, "instance-id": instance_id,
+                               "arguments": [list(a) for a in arguments]})
+        self.write_site_config()
+
+    @property
+    def client_args(self) -> list[str]:
+        return ["--site-file", self.site_file, "--site-host", "localhost"]
+
+    def start_hub(self) -> float:
+        _, self.hub_start_seconds = hub.start(self.settings, self.node_dir)
+        return self.hub_start_seconds
+
+    def stop_hub(self) -> None:
+        hub.stop(self.settings, self.node_dir)
+
+    def client(self, instance_id: str, privs=None):
+        from ocs.ocs_client import OCSClient
+        return OCSClient(instance_id, privs=privs, args=self.client_args)
+
+    def answers(self, instance_id: str) -> bool:
+        try:
+            self.client(instance_id)
+            return True
+        except Exception:
+            return False
+
+    def start_agent(self, instance_id: str, extra_args: Sequence[str] = (),
+                    timeout: float = AGENT_START_TIMEOUT) -> "AgentProcess":
+        """Run ``ocs-agent-cli`` for an instance of the site-config; wait until callable."""
+        if self.answers(instance_id):
+            raise RuntimeError(f"an agent already answers as {instance_id!r}; refusing to "
+                               "start a second one")
+        agent = AgentProcess(self, instance_id, extra_args)
+        self.agents.append(agent)
+        agent.start()
+        agent.wait_callable(timeout)
+        return agent
+
+    def stop_all(self) -> None:
+        for agent in reversed(self.agents):
+            agent.stop()
+        self.agents.clear()
+        self.stop_hub()
+
+    def __enter__(self) -> "LocalSite":
+        self.start_hub()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+class AgentProcess:
+    """One agent instance run as ``python -m ocs.agent_cli`` in a process group of its own."""
+
+    def __init__(self, site: LocalSite, instance_id: str, extra_args: Sequence[str] = ()):
+        self.site = site
+        self.instance_id = instance_id
+        self.log_path = os.path.join(site.log_dir, f"{instance_id}.out")
+        self.cmd = [sys.executable, "-u", "-m", "ocs.agent_cli", "--instance-id", instance_id,
+                    *site.client_args, "--crossbar-timeout", "20", *extra_args]
+        self.proc: Optional[subprocess.Popen] = None
+        self.started_at: Optional[float] = None
+        self.callable_after: Optional[float] = None
+
+    def start(self) -> None:
+        env = dict(os.environ, OCS_CONFIG_DIR=self.site.workdir, PYTHONUNBUFFERED="1")
+        # Agents run from a venv: put its bin first so agents that spawn tools find them.
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        self._log = open(self.log_path, "ab")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=True, cwd=self.site.workdir)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_callable(self, timeout: float = AGENT_START_TIMEOUT):
+        def ready():
+            if not self.alive():
+                raise RuntimeError(f"agent {self.instance_id} exited with code "
+                                   f"{self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                return self.site.client(self.instance_id)
+            except Exception:
+                return None
+        client = wait_for(ready, timeout, f"agent {self.instance_id} to register")
+        self.callable_after = time.monotonic() - self.started_at
+        return client
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_text(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> Optional[int]:
+        """Ask the agent to stop (graceful for SIGTERM/SIGINT); SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.send_signal(signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        self.stop(signal.SIGKILL, timeout=5.0)

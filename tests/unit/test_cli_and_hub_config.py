@@ -1,0 +1,80 @@
+"""suprsync-db output and the crossbar config rendered from a site-config."""
+import json
+
+import pytest
+
+from socs_agents.db import SupRsyncDB, make_entry
+from socs_agents.db.cli import main as db_main
+from socs_agents.hub import HubConfigError, hub_settings, render_crossbar_config
+
+
+@pytest.fixture
+def filled_db(tmp_path):
+    path = str(tmp_path / "s.db")
+    db = SupRsyncDB(path)
+    f = tmp_path / "a.dat"
+    f.write_bytes(b"abc")
+    db.add_files([make_entry(str(f), "17000/p/a.dat", "smurf")])
+    db.close()
+    return path
+
+
+def test_suprsync_db_commands(filled_db, capsys):
+    assert db_main(["--db", filled_db, "--json", "archives"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"smurf": 1}
+    assert db_main(["--db", filled_db, "count", "--archive", "smurf"]) == 0
+    assert capsys.readouterr().out.strip() == "1"
+    assert db_main(["--db", filled_db, "list", "--archive", "smurf"]) == 0
+    assert "17000/p/a.dat" in capsys.readouterr().out
+    assert db_main(["--db", filled_db, "timecodes"]) == 0
+    assert "17000" in capsys.readouterr().out
+    assert db_main(["--db", filled_db, "--json", "stats", "smurf"]) == 0
+    assert json.loads(capsys.readouterr().out)["uncopied_files"] == 1
+    assert db_main(["--db", filled_db, "--json", "show", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["local_md5sum"] == \
+        "900150983cd24fb0d6963f7d28e17f72"
+
+
+def test_suprsync_db_errors(filled_db, tmp_path, capsys):
+    assert db_main(["--db", str(tmp_path / "none.db"), "archives"]) == 2
+    assert "no database" in capsys.readouterr().err
+    assert db_main(["--db", filled_db, "count", "--archive", "nosuch"]) == 2
+    assert "archive 'nosuch' has no rows" in capsys.readouterr().err
+    assert db_main(["--db", filled_db, "show", "99"]) == 2
+
+
+HUB = {"wamp_server": "ws://127.0.0.1:8001/ws", "wamp_http": "http://127.0.0.1:8001/call",
+       "wamp_realm": "test_realm", "address_root": "observatory"}
+
+
+def test_render_has_what_ocs_and_crossbar_need():
+    settings = hub_settings(HUB)
+    cfg = render_crossbar_config(settings)
+    router = cfg["workers"][0]
+    assert router["realms"][0]["name"] == "test_realm"
+    roles = {r["name"]: r["permissions"][0] for r in router["realms"][0]["roles"]}
+    assert roles["iocs_agent"]["uri"] == "observatory."
+    assert roles["iocs_agent"]["allow"]["register"] is True
+    assert roles["iocs_controller"]["allow"]["register"] is False
+    transport = router["transports"][0]
+    assert transport["endpoint"] == {"type": "tcp", "port": 8001, "interface": "127.0.0.1"}
+    paths = transport["paths"]
+    assert 12 <= paths["ws"]["options"]["auto_ping_size"] <= 125
+    assert paths["call"]["type"] == "caller" and paths["call"]["role"] == "iocs_controller"
+    assert paths["info"] == {"type": "nodeinfo"}
+
+
+def test_interface_from_site_config():
+    s = hub_settings(dict(HUB, interface="0.0.0.0"))
+    assert s.interface == "0.0.0.0" and s.wamp_server == "ws://127.0.0.1:8001/ws"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"wamp_server": None}, "lacks wamp_server"),
+    ({"wamp_server": "http://x:1/ws"}, "must look like"),
+    ({"wamp_server": "ws://x/ws"}, "must look like"),
+    ({"wamp_http": "http://127.0.0.1:9/call"}, "same port"),
+])
+def test_bad_hub_sections(change, message):
+    with pytest.raises(HubConfigError, match=message):
+        hub_settings(dict(HUB, **change))
