@@ -50,6 +50,11 @@ def _demo_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _simulate_smurf(argv: list[str]) -> int:
+    from .sim.smurf import main as simulate
+    return simulate(argv)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="socs-agents", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +70,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for start")
     p.set_defaults(func=_hub_command)
 
+    # Parsed by the simulator itself (main() hands it the rest of the command line).
+    sub.add_parser("simulate-smurf", add_help=False,
+                   help="write smurf files and announce them over UDP (see its --help)")
+
     p = sub.add_parser("demo", help="run the site-config's agents here (hub + HostManager)")
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--site-file", help="site-config (default: ./site-config.yaml)")
@@ -73,6 +82,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate-smurf"]:
+        return _simulate_smurf(argv[1:])
     args = make_parser().parse_args(argv)
     return args.func(args)
 

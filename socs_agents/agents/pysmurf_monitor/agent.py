@@ -1,0 +1,339 @@
+"""PysmurfMonitor: a drop-in for socs's agent of the same name.
+
+Listens on UDP for the pysmurf publisher and the smurf-streamer, registers every announced
+file in the SupRsync database (within milliseconds, batched, idempotent, journaled), forwards
+session data to ``pysmurf_session_data`` and streamer metadata to ``<stream_id>_meta``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Any, Optional
+
+from ocs import ocs_agent, ocs_feed, site_config
+from twisted.internet import reactor, threads
+from twisted.internet.protocol import DatagramProtocol
+
+from ...db.suprsync import SupRsyncDB
+from .journal import Journal, default_journal_dir
+from .messages import (REJECT_REASONS, FileAnnouncement, Ignored, MetadataMessage, Rejected,
+                       SessionMessage, parse_datagram)
+from .registrar import Registrar, RegistrarConfig
+from .rules import DEFAULT_RULES, parse_archive_rule
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+STATS_FEED = "monitor_stats"
+
+
+def _str2bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def kernel_udp_rcvbuf_errors() -> Optional[int]:
+    """System-wide UDP datagrams the kernel dropped for full receive buffers."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PysmurfMonitor(DatagramProtocol):
+    """Monitor for the pysmurf UDP publisher and the smurf-streamer.
+
+    Args:
+        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
+        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
+    """
+
+    def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
+        self.agent = agent
+        self.log = agent.log
+        self.args = args
+        self.db_path = args.db_path
+        self.echo_sql = args.echo_sql
+        self.db = SupRsyncDB(args.db_path, create_all=args.create_table, echo=args.echo_sql)
+        rules = dict(DEFAULT_RULES)
+        rules.update(parse_archive_rule(spec) for spec in args.archive or [])
+        journal = None
+        if args.journal_dir != "none":
+            journal = Journal(args.journal_dir or default_journal_dir(
+                args.db_path, getattr(args, "instance_id", None)))
+        config = RegistrarConfig(small_workers=args.checksum_threads,
+                                 big_workers=args.big_file_threads,
+                                 missing_file_timeout=args.missing_file_timeout)
+        self.registrar = Registrar(self.db, journal, rules, config, report=self._report)
+        self.counters: Counter = Counter()
+        self.rejected: Counter = Counter()
+        self._last_reject_log: dict[str, float] = {}
+        self._suppressed: Counter = Counter()
+        self.udp: dict = {}
+        self.port = None
+        self._run_stop = threading.Event()
+        self._stopped = False
+
+        self.agent.register_feed("pysmurf_session_data")
+        self.agent.register_feed(STATS_FEED, record=True, agg_params={"frame_length": 60},
+                                 buffer_time=1)
+
+    # ---- UDP (reactor thread) ------------------------------------------------------------
+
+    def listen(self, port: int, host: str = "", rcvbuf: int = 64 << 20) -> None:
+        self.port = reactor.listenUDP(port, self, interface=host)
+        # Twisted reads 8,192 bytes per datagram by default; the publisher sends up to 64,000.
+        self.port.maxPacketSize = 65536
+        sock = self.port.socket
+        how = "SO_RCVBUFFORCE"
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            how = "SO_RCVBUF (raise net.core.rmem_max for more)"
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.udp = {"host": host or "0.0.0.0", "port": self.port.getHost().port,
+                    "rcvbuf_requested": rcvbuf, "rcvbuf_granted": granted, "rcvbuf_via": how}
+        self.log.info("listening on UDP {host}:{port}; receive buffer {granted} bytes granted "
+                      "({requested} requested, via {how})", host=self.udp["host"],
+                      port=self.udp["port"], granted=granted, requested=rcvbuf, how=how)
+
+    def startProtocol(self) -> None:
+        self.registrar.start()
+
+    def datagramReceived(self, data: bytes, addr: tuple) -> None:
+        """Called by the reactor for every datagram: classify, then hand on (never blocks)."""
+        self.counters["received"] += 1
+        parsed = parse_datagram(data)
+        if isinstance(parsed, FileAnnouncement):
+            self.registrar.submit(parsed)
+        elif isinstance(parsed, SessionMessage):
+            self.counters["session_messages"] += 1
+            self.agent.publish_to_feed("pysmurf_session_data", parsed.data, from_reactor=True)
+        elif isinstance(parsed, MetadataMessage):
+            self._publish_metadata(parsed, addr)
+        elif isinstance(parsed, Ignored):
+            self.counters["ignored"] += 1
+        else:
+            self._reject(parsed, addr)
+
+    def _publish_metadata(self, msg: MetadataMessage, addr: tuple) -> None:
+        field = ocs_feed.Feed.enforce_field_name_rules(msg.path)
+        feed_name = ocs_feed.Feed.enforce_field_name_rules(f"{msg.stream_id}_meta")
+        try:
+            if feed_name not in self.agent.feeds:
+                self.agent.register_feed(feed_name, record=True, buffer_time=1)
+            self.agent.publish_to_feed(feed_name, {"block_name": field,
+                                                   "timestamp": msg.timestamp,
+                                                   "data": {field: msg.value}},
+                                       from_reactor=True)
+            self.counters["metadata"] += 1
+        except Exception as e:  # e.g. a value ocs cannot record (list, dict)
+            self._reject(Rejected("wrong_type", f"metadata {msg.path[:80]}: {e}"), addr)
+
+    def _reject(self, rejected: Rejected, addr: tuple) -> None:
+        reason = rejected.reason
+        self.rejected[reason] += 1
+        # One line per reason per second at most: a flood must not flood the log too.
+        now = time.monotonic()
+        if now - self._last_reject_log.get(reason, -1e9) >= 1.0:
+            more = self._suppressed.pop(reason, 0)
+            self._last_reject_log[reason] = now
+            self.log.warn("datagram from {addr} rejected ({reason}): {detail}{more}",
+                          addr=f"{addr[0]}:{addr[1]}", reason=reason, detail=rejected.detail,
+                          more=f" (+{more} more since last line)" if more else "")
+        else:
+            self._suppressed[reason] += 1
+
+    def _report(self, level: str, text: str) -> None:
+        getattr(self.log, level)("{text}", text=text)
+
+    # ---- figures -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        reg = self.registrar
+        rejected = {r: 0 for r in REJECT_REASONS}
+        rejected.update(self.rejected)
+        for reason, n in list(reg.rejected.items()):
+            rejected[reason] = rejected.get(reason, 0) + n
+        counters = {
+            "received": self.counters["received"],
+            "files_announced": reg.counters["announced"],
+            "registered": reg.counters["registered"],
+            "duplicates": reg.counters["duplicates"],
+            "timecode_dirs_created": reg.counters["timecode_dirs_created"],
+            "replayed_from_journal": reg.counters["replayed"],
+            "session_messages": self.counters["session_messages"],
+            "metadata": self.counters["metadata"],
+            "ignored": self.counters["ignored"],
+            "db_errors": reg.counters["db_errors"],
+        }
+        return {
+            "timestamp": time.time(),
+            "udp": dict(self.udp),
+            "counters": counters,
+            "rejected": rejected,
+            "pending": reg.pending(),
+            "lag_s": round(reg.lag(), 4),
+            "degraded": reg.degraded,
+            "last_error": reg.last_error,
+            "last_commit_ms": round(reg.last_commit_ms, 3),
+            "kernel_udp_rcvbuf_errors": kernel_udp_rcvbuf_errors(),
+        }
+
+    def _publish_stats(self, snap: dict) -> None:
+        data = dict(snap["counters"])
+        data.update({f"rejected_{k}": v for k, v in snap["rejected"].items()})
+        data.update(pending=snap["pending"], lag_s=snap["lag_s"],
+                    degraded=int(snap["degraded"]))
+        self.agent.publish_to_feed(STATS_FEED, {"block_name": "stats",
+                                                "timestamp": snap["timestamp"], "data": data})
+
+    # ---- operations ----------------------------------------------------------------------
+
+    @ocs_agent.param("test_mode", default=False, type=bool)
+    def run(self, session: ocs_agent.OpSession, params: Optional[dict] = None):
+        """run(test_mode=False)
+
+        **Process** - Report the monitor's counters while it registers files. Files are
+        registered from the moment the agent starts, whether or not this process runs;
+        stopping it waits until every file received so far is in the database.
+
+        Parameters:
+            test_mode (bool, optional): Return once at least one file was announced and
+                every announced file is settled. Meant for tests. Default is False.
+
+        Notes:
+            ``session.data`` is refreshed every second (every 50 ms in test mode)::
+
+                >>> response.session['data']
+                {'timestamp': 1700000000.0,
+                 'udp': {'host': '0.0.0.0', 'port': 8200, 'rcvbuf_requested': 67108864,
+                         'rcvbuf_granted': 8388608, 'rcvbuf_via': 'SO_RCVBUF ...'},
+                 'counters': {'received': 120, 'files_announced': 100, 'registered': 99,
+                              'duplicates': 1, 'timecode_dirs_created': 1,
+                              'replayed_from_journal': 0, 'session_messages': 12,
+                              'metadata': 8, 'ignored': 0, 'db_errors': 0},
+                 'rejected': {'bad_json': 0, 'missing_file': 0, ...},
+                 'pending': 0, 'lag_s': 0.0, 'degraded': False, 'last_error': '',
+                 'last_commit_ms': 1.2, 'kernel_udp_rcvbuf_errors': 0}
+        """
+        test_mode = params["test_mode"]
+        self._run_stop.clear()
+        session.set_status("running")
+        period = 0.05 if test_mode else 1.0
+        last_feed = 0.0
+        while not self._run_stop.wait(period):
+            snap = self.snapshot()
+            session.data = snap
+            session.degraded = snap["degraded"]
+            if time.monotonic() - last_feed >= 10.0:
+                self._publish_stats(snap)
+                last_feed = time.monotonic()
+            if test_mode and snap["counters"]["files_announced"] and not snap["pending"]:
+                break
+        drained = self.registrar.drain(self.args.drain_timeout)
+        session.data = self.snapshot()
+        self._publish_stats(session.data)
+        if not drained:
+            return False, (f"{session.data['pending']} file(s) not yet written (kept in the "
+                           f"journal): {session.data['last_error']}")
+        return True, "Monitor exited cleanly."
+
+    def _stop(self, session: ocs_agent.OpSession, params: Optional[dict] = None):
+        self._run_stop.set()
+        session.set_status("stopping")
+        return True, "Stopping; files received so far are being written."
+
+    # ---- shutdown ------------------------------------------------------------------------
+
+    def shutdown(self):
+        """Stop listening, read what the kernel still holds, write everything, stop."""
+        if self._stopped:
+            return None
+        self._stopped = True
+        if self.port is not None:
+            sock = self.port.socket
+            try:
+                while True:
+                    data, addr = sock.recvfrom(65536)
+                    self.datagramReceived(data, addr)
+            except (BlockingIOError, OSError):
+                pass
+            self.port.stopListening()
+        d = threads.deferToThread(self.registrar.stop, self.args.drain_timeout)
+
+        def done(drained):
+            snap = self.snapshot()
+            self.log.info("stopped: {n} registered, {p} pending{kept}",
+                          n=snap["counters"]["registered"], p=snap["pending"],
+                          kept=" (kept in the journal)" if not drained else "")
+            self.db.close()
+        d.addCallback(done)
+        d.addErrback(lambda f: self.log.error("shutdown failed: {f}", f=f))
+        return d
+
+
+def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    if parser is None:
+        parser = argparse.ArgumentParser()
+    pgroup = parser.add_argument_group("Agent Options")
+    pgroup.add_argument("--udp-port", type=int, default=8200,
+                        help="UDP port the pysmurf publisher sends to (SMURFPUB_UDP_PORT).")
+    pgroup.add_argument("--udp-host", default="",
+                        help="Interface address to bind; all interfaces by default.")
+    pgroup.add_argument("--udp-rcvbuf", type=int, default=64 << 20,
+                        help="Socket receive buffer to ask for, in bytes. Without root or "
+                        "CAP_NET_ADMIN the kernel grants at most twice net.core.rmem_max; "
+                        "the log and session.data say what was granted.")
+    pgroup.add_argument("--create-table", type=_str2bool, default=True,
+                        help="Create the SupRsync tables if they do not exist.")
+    pgroup.add_argument("--db-path", type=str, default="/data/so/databases/suprsync.db",
+                        help="Path to the SupRsync sqlite database.")
+    pgroup.add_argument("--echo-sql", action="store_true",
+                        help="Log every SQL statement.")
+    pgroup.add_argument("--test-mode", action="store_true",
+                        help="Do not start the run process at startup (for tests).")
+    pgroup.add_argument("--archive", action="append", metavar="NAME=RULE",
+                        help="An additional archive and its remote-path rule: NAME=tail:N "
+                        "(last N path components) or NAME=relative:/base/dir. Repeatable.")
+    pgroup.add_argument("--journal-dir", default=None,
+                        help="Folder of the journal of received file announcements (kill -9 "
+                        "safety). Default: .<instance-id>.journal beside the database; "
+                        "'none' disables it.")
+    pgroup.add_argument("--missing-file-timeout", type=float, default=10.0,
+                        help="Seconds to keep retrying a file that does not exist yet.")
+    pgroup.add_argument("--checksum-threads", type=int, default=2,
+                        help="Threads computing md5 sums of small files.")
+    pgroup.add_argument("--big-file-threads", type=int, default=2,
+                        help="Threads computing md5 sums of files over 16 MiB.")
+    pgroup.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="Seconds a stop waits for pending files to be written.")
+    return parser
+
+
+def main(args: Optional[list] = None) -> None:
+    parser = make_parser()
+    args = site_config.parse_args(agent_class="PysmurfMonitor", parser=parser, args=args)
+    for spec in args.archive or []:
+        parse_archive_rule(spec)  # fail before connecting, naming the bad argument
+    agent, runner = ocs_agent.init_site_agent(args)
+    monitor = PysmurfMonitor(agent, args)
+    agent.register_process("run", monitor.run, monitor._stop, startup=not args.test_mode)
+    monitor.listen(args.udp_port, args.udp_host, args.udp_rcvbuf)
+    reactor.addSystemEventTrigger("before", "shutdown", monitor.shutdown)
+    runner.run(agent, auto_reconnect=True)
+
+
+if __name__ == "__main__":
+    main()

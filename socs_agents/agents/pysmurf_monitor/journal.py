@@ -1,0 +1,118 @@
+"""An append-only journal of announced files, so a kill -9 loses none that were received.
+
+Each accepted file datagram is appended (one line, flushed to the OS) before it is queued.
+Segments roll over at a size limit; a segment is deleted once every file in it was written
+to the database or finally refused. On start, left-over segments are read back and the files
+announced again (the database ignores the ones it has already).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from typing import Iterator, Optional
+
+SEGMENT_BYTES = 4 << 20
+
+
+class Journal:
+    def __init__(self, directory: str, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._outstanding: dict[int, int] = {}
+        existing = self._segment_ids()
+        self._current = (max(existing) + 1) if existing else 0
+        self._file = None
+        self._size = 0
+        self._leftover = existing
+
+    def _segment_ids(self) -> list[int]:
+        ids = []
+        for path in glob.glob(os.path.join(self.directory, "seg-*.jsonl")):
+            try:
+                ids.append(int(os.path.basename(path)[4:-6]))
+            except ValueError:
+                continue
+        return sorted(ids)
+
+    def _path(self, seg: int) -> str:
+        return os.path.join(self.directory, f"seg-{seg:08d}.jsonl")
+
+    def leftover(self) -> Iterator[bytes]:
+        """Datagrams of segments a previous run left; each segment is removed once read.
+
+        Call before any :meth:`append`; re-announced files are journaled again.
+        """
+        for seg in self._leftover:
+            path = self._path(seg)
+            try:
+                with open(path, "rb") as f:
+                    lines = [line.rstrip(b"\n") for line in f if line.strip()]
+            except OSError:
+                continue
+            yield from lines
+            os.remove(path)
+        self._leftover = []
+
+    def append(self, raw: bytes) -> int:
+        """Write one datagram; return the segment id to pass to :meth:`done`."""
+        line = raw.replace(b"\n", b" ") + b"\n"
+        with self._lock:
+            if self._file is None or self._size >= self.segment_bytes:
+                self._roll()
+            self._file.write(line)
+            self._file.flush()
+            self._size += len(line)
+            seg = self._current
+            self._outstanding[seg] = self._outstanding.get(seg, 0) + 1
+            return seg
+
+    def _roll(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            old = self._current
+            self._current += 1
+            if self._outstanding.get(old, 0) == 0:
+                self._remove(old)
+        self._file = open(self._path(self._current), "ab")
+        self._size = 0
+
+    def done(self, seg: int) -> None:
+        """One datagram of segment ``seg`` needs no replay any more."""
+        with self._lock:
+            left = self._outstanding.get(seg, 0) - 1
+            self._outstanding[seg] = max(left, 0)
+            if left <= 0 and seg != self._current:
+                self._remove(seg)
+            elif left <= 0 and self._file is not None:
+                # Everything written so far is settled: start the segment afresh.
+                self._file.truncate(0)
+                self._file.seek(0)
+                self._size = 0
+
+    def _remove(self, seg: int) -> None:
+        self._outstanding.pop(seg, None)
+        try:
+            os.remove(self._path(seg))
+        except FileNotFoundError:
+            pass
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(self._outstanding.values())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                if self._outstanding.get(self._current, 0) == 0:
+                    self._remove(self._current)
+
+
+def default_journal_dir(db_path: str, instance_id: Optional[str] = None) -> str:
+    """Beside the database, one folder per monitor instance."""
+    name = f".{instance_id or 'pysmurf-monitor'}.journal"
+    return os.path.join(os.path.dirname(os.path.abspath(db_path)), name)

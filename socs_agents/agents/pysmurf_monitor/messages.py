@@ -1,0 +1,143 @@
+"""Parse pysmurf publisher / smurf-streamer datagrams (plain functions, no OCS, no Twisted).
+
+Every datagram becomes exactly one of: :class:`FileAnnouncement`, :class:`SessionMessage`,
+:class:`MetadataMessage`, :class:`Ignored` (types the publisher sends that carry no file), or
+:class:`Rejected` with a short reason code used for the agent's counters.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+from dataclasses import dataclass
+from typing import Any, Union
+
+#: The pysmurf publisher drops anything larger itself.
+MAX_DATAGRAM_BYTES = 64_000
+
+#: Types that carry no file and need no action (the reference ignores them too).
+NO_ACTION_TYPES = frozenset({"start", "stop", "log", "general"})
+FILE_TYPES = frozenset({"data_file", "g3_file"})
+SESSION_TYPES = frozenset({"session_data", "session_log"})
+
+#: Every reason a datagram can be refused for; each has a counter.
+REJECT_REASONS = (
+    "oversize", "not_utf8", "bad_json", "not_object", "missing_field", "wrong_type",
+    "unknown_type", "missing_action", "bad_path", "relative_path", "dotdot_path",
+    "remote_escape", "bad_remote_path", "unknown_archive", "missing_file", "unreadable_file",
+)
+
+
+@dataclass(frozen=True)
+class FileAnnouncement:
+    pub_id: str
+    msg_type: str
+    archive: str
+    payload: dict
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class SessionMessage:
+    data: dict
+
+
+@dataclass(frozen=True)
+class MetadataMessage:
+    stream_id: str
+    path: str
+    value: Any
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Ignored:
+    msg_type: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    detail: str
+
+
+Parsed = Union[FileAnnouncement, SessionMessage, MetadataMessage, Ignored, Rejected]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def parse_datagram(raw: bytes) -> Parsed:
+    """Classify one datagram; never raises."""
+    if len(raw) > MAX_DATAGRAM_BYTES:
+        return Rejected("oversize", f"{len(raw)} bytes > {MAX_DATAGRAM_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejected("not_utf8", f"invalid UTF-8 at byte {e.start}")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return Rejected("bad_json", str(e)[:120])
+    if not isinstance(data, dict):
+        return Rejected("not_object", f"JSON {type(data).__name__}, not an object")
+    missing = [k for k in ("id", "type", "payload") if k not in data]
+    if missing:
+        return Rejected("missing_field", f"no {', '.join(missing)}")
+    pub_id, msg_type, payload = data["id"], data["type"], data["payload"]
+    if not isinstance(pub_id, str) or not isinstance(msg_type, str):
+        return Rejected("wrong_type", "id and type must be strings")
+
+    if msg_type in FILE_TYPES:
+        return _file_announcement(pub_id, msg_type, payload, raw)
+    if msg_type in SESSION_TYPES:
+        return SessionMessage(data)
+    if msg_type == "metadata":
+        return _metadata(pub_id, data, payload)
+    if msg_type in NO_ACTION_TYPES:
+        return Ignored(msg_type)
+    return Rejected("unknown_type", f"type {msg_type[:40]!r}")
+
+
+def _file_announcement(pub_id: str, msg_type: str, payload: Any, raw: bytes) -> Parsed:
+    if not isinstance(payload, dict):
+        return Rejected("wrong_type", f"{msg_type} payload must be an object")
+    if "path" not in payload:
+        return Rejected("missing_field", f"{msg_type} payload has no path")
+    if not isinstance(payload["path"], str):
+        return Rejected("wrong_type", "payload.path must be a string")
+    archive = payload.get("archive_name", "smurf" if msg_type == "data_file" else "timestreams")
+    if not isinstance(archive, str):
+        return Rejected("wrong_type", "payload.archive_name must be a string")
+    if archive == "smurf":
+        # pysmurf core files: the remote path is built from these
+        absent = [k for k in ("action", "action_ts") if payload.get(k) in (None, "")]
+        if absent:
+            return Rejected("missing_action", f"{payload['path'][:200]}: no "
+                            f"{' or '.join(absent)}")
+        if "timestamp" not in payload:
+            return Rejected("missing_field", f"{payload['path'][:200]}: no timestamp")
+        ts = payload["timestamp"]
+        if not (_is_number(ts) or (isinstance(ts, str) and ts[:5].isdigit())):
+            return Rejected("wrong_type", "payload.timestamp must be a ctime")
+        if not isinstance(payload["action"], str) or not (
+                isinstance(payload["action_ts"], str) or _is_number(payload["action_ts"])):
+            return Rejected("wrong_type", "payload.action must be a string and action_ts a "
+                            "string or number")
+    return FileAnnouncement(pub_id, msg_type, archive, payload, raw)
+
+
+def _metadata(pub_id: str, data: dict, payload: Any) -> Parsed:
+    if not isinstance(payload, dict):
+        return Rejected("wrong_type", "metadata payload must be an object")
+    if "path" not in payload or "value" not in payload:
+        return Rejected("missing_field", "metadata payload needs path and value")
+    if not isinstance(payload["path"], str) or not payload["path"]:
+        return Rejected("wrong_type", "metadata path must be a non-empty string")
+    ts = data.get("time")
+    if not _is_number(ts):
+        return Rejected("wrong_type" if "time" in data else "missing_field",
+                        "metadata needs a numeric envelope time")
+    # The streamer's publisher id is ``STREAMER:<stream_id>``.
+    stream_id = pub_id.split(":")[1] if ":" in pub_id else pub_id
+    return MetadataMessage(stream_id, payload["path"], payload["value"], float(ts))
