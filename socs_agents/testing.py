@@ -216,3 +216,52 @@ class AgentProcess:
     def kill(self) -> None:
         """kill -9: no chance to clean up."""
         self.stop(signal.SIGKILL, timeout=5.0)
+
+
+class FeedSubscriber:
+    """A WAMP subscriber to one OCS feed, in a thread of its own (asyncio autobahn).
+
+    ``messages`` collects the first argument of each event: ``(message, feed_info)`` as ocs
+    publishes it.
+    """
+
+    def __init__(self, site: LocalSite, instance_id: str, feed_name: str,
+                 timeout: float = 10.0) -> None:
+        import asyncio
+        import threading
+
+        from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
+
+        self.topic = f"observatory.{instance_id}.feeds.{feed_name}"
+        self.messages: list = []
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        owner = self
+
+        class _Session(ApplicationSession):
+            async def onJoin(self, details):
+                await self.subscribe(lambda *args, **kw: owner.messages.append(args[0]),
+                                     owner.topic)
+                owner._session = self
+                owner._ready.set()
+
+        runner = ApplicationRunner(site.settings.wamp_server, site.realm)
+
+        def serve():
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(runner.run(_Session, start_loop=False))
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="feed-subscriber", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"could not subscribe to {self.topic} within {timeout} s")
+
+    def close(self) -> None:
+        def leave():
+            try:
+                self._session.leave()
+            finally:
+                self._loop.call_later(0.2, self._loop.stop)
+        self._loop.call_soon_threadsafe(leave)
+        self._thread.join(timeout=5)
