@@ -48,8 +48,51 @@ def _show_operations(site_file: str, inst: dict) -> None:
     print(f"\n{inst['instance-id']}: operations {', '.join(ops)}")
 
 
+def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
+    """Send simulated smurf files to the monitor; show the rows and the session feed."""
+    from .db.suprsync import SupRsyncDB
+    from .sim.smurf import SmurfSimulator
+    args = {a[0]: a[1] for a in inst.get("arguments", []) if len(a) == 2}
+    workdir = _demo_dir()
+    db_path = args.get("--db-path", "/data/so/databases/suprsync.db")
+    if not os.path.isabs(db_path):
+        db_path = os.path.join(workdir, db_path)  # agents run in the HostManager's folder
+    client = _client(site_file, inst["instance-id"])
+    before = client.run.status().session.get("data", {}).get("counters", {})
+    sim = SmurfSimulator(os.path.join(workdir, "smurf_data"), args.get("--udp-host",
+                         "127.0.0.1"), int(args.get("--udp-port", 8200)))
+    files = sim.files(20, g3_every=5)
+    t0 = time.monotonic()
+    sim.send_paced([dg for _, dg in files] + [sim.session_data(), sim.metadata()], rate=200)
+    sim.close()
+    want = before.get("files_announced", 0) + len(files)
+
+    def caught_up():
+        data = client.run.status().session.get("data", {})
+        c = data.get("counters", {})
+        return data if c.get("files_announced", 0) >= want and not data.get("pending") else None
+    data = wait_for(caught_up, 15, "the monitor to register the simulated files")
+    print(f"\n{inst['instance-id']}: simulator wrote {len(files)} files under "
+          f"{sim.root} and announced them over UDP; the run session (refreshed every "
+          f"second) showed all of them settled {time.monotonic() - t0:.2f} s after the first "
+          "was sent")
+    c = data["counters"]
+    print(f"  counters: received {c['received']}, registered {c['registered']}, duplicates "
+          f"{c['duplicates']}, session messages {c['session_messages']}, metadata "
+          f"{c['metadata']}; rejected {sum(data['rejected'].values())}")
+    db = SupRsyncDB(db_path, create_all=False)
+    try:
+        print(f"  SupRsync database {db_path}: {db.archives()}")
+        for row in db.files(limit=4):
+            print(f"    {row['archive_name']:<11} {row['remote_path']}")
+        print(f"  timecode dirs: {[(t['archive_name'], t['timecode']) for t in db.timecode_dirs()]}")
+    finally:
+        db.close()
+    print(f"  look further: .venv/bin/suprsync-db --db {db_path} list")
+
+
 #: agent class -> what the demo shows of it once it answers
-SHOWCASES: dict = {}
+SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor}
 
 
 def start(site_file: str, timeout: float = 60.0) -> int:
@@ -92,10 +135,11 @@ def start(site_file: str, timeout: float = 60.0) -> int:
     for inst in managed:
         SHOWCASES.get(inst["agent-class"], _show_operations)(site_file, inst)
 
+    target, op = (managed[0]["instance-id"], "run") if managed else (hm_id, "manager")
     print("\nThe site keeps running. Try, from this folder:\n"
           f"  .venv/bin/python -c \"from ocs.ocs_client import OCSClient; "
-          f"print(OCSClient('{hm_id}', args=['--site-file', 'site-config.yaml'])"
-          ".manager.status())\"\n"
+          f"print(OCSClient('{target}', args=['--site-file', 'site-config.yaml'])"
+          f".{op}.status())\"\n"
           "Stop everything with:  make demo-stop")
     return 0
 
