@@ -120,12 +120,13 @@ class LocalSite:
             return False
 
     def start_agent(self, instance_id: str, extra_args: Sequence[str] = (),
-                    timeout: float = AGENT_START_TIMEOUT) -> "AgentProcess":
+                    timeout: float = AGENT_START_TIMEOUT,
+                    python: Optional[str] = None) -> "AgentProcess":
         """Run ``ocs-agent-cli`` for an instance of the site-config; wait until callable."""
         if self.answers(instance_id):
             raise RuntimeError(f"an agent already answers as {instance_id!r}; refusing to "
                                "start a second one")
-        agent = AgentProcess(self, instance_id, extra_args)
+        agent = AgentProcess(self, instance_id, extra_args, python)
         self.agents.append(agent)
         agent.start()
         agent.wait_callable(timeout)
@@ -148,11 +149,14 @@ class LocalSite:
 class AgentProcess:
     """One agent instance run as ``python -m ocs.agent_cli`` in a process group of its own."""
 
-    def __init__(self, site: LocalSite, instance_id: str, extra_args: Sequence[str] = ()):
+    def __init__(self, site: LocalSite, instance_id: str, extra_args: Sequence[str] = (),
+                 python: Optional[str] = None):
         self.site = site
         self.instance_id = instance_id
         self.log_path = os.path.join(site.log_dir, f"{instance_id}.out")
-        self.cmd = [sys.executable, "-u", "-m", "ocs.agent_cli", "--instance-id", instance_id,
+        # ``python``: another environment's interpreter (benchmarks run socs's agents).
+        self.python = python or sys.executable
+        self.cmd = [self.python, "-u", "-m", "ocs.agent_cli", "--instance-id", instance_id,
                     *site.client_args, "--crossbar-timeout", "20", *extra_args]
         self.proc: Optional[subprocess.Popen] = None
         self.started_at: Optional[float] = None
@@ -161,7 +165,7 @@ class AgentProcess:
     def start(self) -> None:
         env = dict(os.environ, OCS_CONFIG_DIR=self.site.workdir, PYTHONUNBUFFERED="1")
         # Agents run from a venv: put its bin first so agents that spawn tools find them.
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env["PATH"] = os.path.dirname(self.python) + os.pathsep + env.get("PATH", "")
         self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,

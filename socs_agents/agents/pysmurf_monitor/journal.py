@@ -81,16 +81,25 @@ class Journal:
 
     def done(self, seg: int) -> None:
         """One datagram of segment ``seg`` needs no replay any more."""
+        self.done_many([seg])
+
+    def done_many(self, segments: list[int]) -> None:
+        counts: dict[int, int] = {}
+        for seg in segments:
+            counts[seg] = counts.get(seg, 0) + 1
         with self._lock:
-            left = self._outstanding.get(seg, 0) - 1
-            self._outstanding[seg] = max(left, 0)
-            if left <= 0 and seg != self._current:
-                self._remove(seg)
-            elif left <= 0 and self._file is not None:
-                # Everything written so far is settled: start the segment afresh.
-                self._file.truncate(0)
-                self._file.seek(0)
-                self._size = 0
+            for seg, n in counts.items():
+                left = self._outstanding.get(seg, 0) - n
+                self._outstanding[seg] = max(left, 0)
+                if left > 0:
+                    continue
+                if seg != self._current:
+                    self._remove(seg)
+                elif self._file is not None:
+                    # Everything written so far is settled: start the segment afresh.
+                    self._file.truncate(0)
+                    self._file.seek(0)
+                    self._size = 0
 
     def _remove(self, seg: int) -> None:
         self._outstanding.pop(seg, None)

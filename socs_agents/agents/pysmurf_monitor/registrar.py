@@ -140,8 +140,8 @@ class Registrar:
     def submit(self, announcement: FileAnnouncement) -> None:
         segment = self.journal.append(announcement.raw) if self.journal is not None else None
         item = _Item(next(self._seq), announcement, segment)
-        with self._cond:
-            self._outstanding[item.seq] = item.received_at
+        # A single dict store is atomic under the GIL; no lock on the reactor's path.
+        self._outstanding[item.seq] = item.received_at
         self.counters["announced"] += 1
         self._small.put(item)
 
@@ -150,34 +150,51 @@ class Registrar:
     def _checksum_loop(self, q: queue.SimpleQueue) -> None:
         big = q is self._big
         while True:
-            item = q.get()
-            if item is None:
-                return
-            try:
-                ann = item.announcement
-                if item.entry is None:
-                    planned = plan_file(ann.payload, ann.pub_id, ann.archive, self.rules)
-                    if not big and _size(planned.local_path) > self.config.big_file_bytes:
-                        self.counters["big_files"] += 1
-                        self._big.put(item)
-                        continue
-                    item.entry = make_entry(planned.local_path, planned.remote_path,
-                                            planned.archive_name, known_archives=None,
-                                            deletable=planned.deletable, timestamp=0.0)
-                self._to_writer(item)
-            except BadFileEntry as e:
-                item.attempts += 1
-                age = time.monotonic() - item.received_at
-                if e.code == "missing_file" and age < self.config.missing_file_timeout:
-                    self.counters["missing_file_retries"] += 1
-                    delay = min(0.02 * 2 ** item.attempts, 1.0)
-                    with self._cond:
-                        heapq.heappush(self._retry, (time.monotonic() + delay, item))
-                        self._cond.notify_all()
-                else:
-                    self._settle(item, rejected=e.code, detail=str(e))
-            except Exception as e:  # a bug or an OS error must not kill the worker
-                self._settle(item, rejected="unreadable_file", detail=f"{type(e).__name__}: {e}")
+            # Take what is queued in one go: one hand-over to the writer per batch, not per
+            # file (thread wake-ups cost more than the checksum of a small file).
+            batch = [q.get()]
+            while len(batch) < 256:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            ready = []
+            for item in batch:
+                if item is None:
+                    self._to_writer(ready)
+                    return
+                if self._checksum(item, big):
+                    ready.append(item)
+            self._to_writer(ready)
+
+    def _checksum(self, item: _Item, big: bool) -> bool:
+        """Fill ``item.entry``; False if the item went elsewhere (big queue, retry, refused)."""
+        try:
+            ann = item.announcement
+            if item.entry is None:
+                planned = plan_file(ann.payload, ann.pub_id, ann.archive, self.rules)
+                if not big and _size(planned.local_path) > self.config.big_file_bytes:
+                    self.counters["big_files"] += 1
+                    self._big.put(item)
+                    return False
+                item.entry = make_entry(planned.local_path, planned.remote_path,
+                                        planned.archive_name, known_archives=None,
+                                        deletable=planned.deletable, timestamp=0.0)
+            return True
+        except BadFileEntry as e:
+            item.attempts += 1
+            age = time.monotonic() - item.received_at
+            if e.code == "missing_file" and age < self.config.missing_file_timeout:
+                self.counters["missing_file_retries"] += 1
+                delay = min(0.02 * 2 ** item.attempts, 1.0)
+                with self._cond:
+                    heapq.heappush(self._retry, (time.monotonic() + delay, item))
+                    self._cond.notify_all()
+            else:
+                self._settle([item], rejected=e.code, detail=str(e))
+        except Exception as e:  # a bug or an OS error must not kill the worker
+            self._settle([item], rejected="unreadable_file", detail=f"{type(e).__name__}: {e}")
+        return False
 
     def _retry_loop(self) -> None:
         with self._cond:
@@ -189,10 +206,13 @@ class Registrar:
                 wait = (self._retry[0][0] - now) if self._retry else None
                 self._cond.wait(wait)
 
-    def _to_writer(self, item: _Item) -> None:
+    def _to_writer(self, items: list[_Item]) -> None:
+        if not items:
+            return
         with self._cond:
-            self._ready.append(item)
-            if len(self._ready) == 1 or len(self._ready) >= self.config.batch_max:
+            was_empty = not self._ready
+            self._ready.extend(items)
+            if was_empty or len(self._ready) >= self.config.batch_max:
                 self._cond.notify_all()
 
     def _writer_loop(self) -> None:
@@ -240,19 +260,20 @@ class Registrar:
             self.counters["duplicates"] += len(result.duplicates)
             self.counters["timecode_dirs_created"] += len(result.new_timecodes)
             self.counters["batches"] += 1
-            for item in batch:
-                self._settle(item)
+            self._settle(batch)
 
-    def _settle(self, item: _Item, rejected: Optional[str] = None, detail: str = "") -> None:
+    def _settle(self, items: list[_Item], rejected: Optional[str] = None,
+                detail: str = "") -> None:
         if rejected is not None:
             self.report("warn", f"file not registered ({rejected}): {detail[:300]}")
-        if self.journal is not None and item.segment is not None:
-            self.journal.done(item.segment)
+        if self.journal is not None:
+            self.journal.done_many([i.segment for i in items if i.segment is not None])
         with self._cond:
             if rejected is not None:
-                self.rejected[rejected] += 1
+                self.rejected[rejected] += len(items)
                 self.last_error = detail[:300]
-            self._outstanding.pop(item.seq, None)
+            for item in items:
+                self._outstanding.pop(item.seq, None)
             if not self._outstanding:
                 self._cond.notify_all()
 
@@ -265,10 +286,11 @@ class Registrar:
     def lag(self) -> float:
         """Age in seconds of the oldest file not yet settled."""
         with self._cond:
-            if not self._outstanding:
+            try:
+                oldest = next(iter(self._outstanding.values()), None)
+            except RuntimeError:  # changed by submit() while we looked
                 return 0.0
-            oldest = next(iter(self._outstanding.values()))
-        return max(0.0, time.monotonic() - oldest)
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
 
 def _size(path: str) -> int:
