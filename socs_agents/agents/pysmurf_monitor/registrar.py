@@ -153,7 +153,7 @@ class Registrar:
             # Take what is queued in one go: one hand-over to the writer per batch, not per
             # file (thread wake-ups cost more than the checksum of a small file).
             batch = [q.get()]
-            while len(batch) < 256:
+            while len(batch) < 256 and batch[-1] is not None:
                 try:
                     batch.append(q.get_nowait())
                 except queue.Empty:
