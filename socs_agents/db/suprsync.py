@@ -9,14 +9,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, tuple_
+from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.orm import sessionmaker
 
 from .entries import FileEntry
-from .models import Base, SupRsyncFile, TimecodeDir
+from .models import FILES_TABLE, TIMECODE_TABLE, Base, SupRsyncFile, TimecodeDir
 
 # SQLite accepts at most 32766 bound parameters; stay far below for the IN (...) lookups.
 _LOOKUP_CHUNK = 400
+_INSERT_FILE = (f"INSERT INTO {FILES_TABLE} (local_path, local_md5sum, archive_name, "
+                "remote_path, timestamp, failed_copy_attempts, deletable, ignore) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?, 0)")
+_INSERT_TIMECODE = (f"INSERT INTO {TIMECODE_TABLE} (timecode, archive_name, completed, "
+                    "synced, finalized) VALUES (?, ?, 0, 0, 0)")
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 @dataclass
@@ -64,6 +73,7 @@ class SupRsyncDB:
         self.engine = create_engine(f"sqlite:///{self.db_path}", echo=echo)
         _install_sqlite_pragmas(self.engine, busy_timeout_ms)
         self.Session = sessionmaker(bind=self.engine)
+        self._known_timecodes: set[tuple[int, str]] = set()
         if create_all:
             self.create_tables()
 
@@ -97,6 +107,8 @@ class SupRsyncDB:
         result = AddResult()
         if not entries:
             return result
+        # Plain SQL on SQLAlchemy's connection: this runs for every batch a monitor writes,
+        # and the ORM/Core statement machinery cost ten times the SQLite work here.
         with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
             with conn.begin():
                 known = self._existing_keys(conn, entries)
@@ -108,42 +120,45 @@ class SupRsyncDB:
                         continue
                     known.add(key)
                     result.inserted.append(entry)
-                    rows.append({
-                        "local_path": entry.local_path,
-                        "local_md5sum": entry.local_md5sum,
-                        "archive_name": entry.archive_name,
-                        "remote_path": entry.remote_path,
-                        "timestamp": float(entry.timestamp),
-                        "failed_copy_attempts": 0,
-                        "deletable": bool(entry.deletable),
-                        "ignore": False,
-                    })
+                    rows.append((entry.local_path, entry.local_md5sum, entry.archive_name,
+                                 entry.remote_path, float(entry.timestamp),
+                                 int(bool(entry.deletable))))
                 if rows:
-                    conn.execute(insert(SupRsyncFile), rows)
-                wanted = {(e.timecode, e.archive_name) for e in result.inserted
-                          if e.timecode is not None}
+                    conn.exec_driver_sql(_INSERT_FILE, rows)
+                wanted = {(tc, e.archive_name) for e in result.inserted
+                          if (tc := e.timecode) is not None} - self._known_timecodes
                 if wanted:
-                    have = set(conn.execute(
-                        select(TimecodeDir.timecode, TimecodeDir.archive_name).where(
-                            tuple_(TimecodeDir.timecode, TimecodeDir.archive_name).in_(
-                                list(wanted)))).tuples())
+                    have = set()
+                    for archive in {a for _, a in wanted}:
+                        codes = [t for t, a in wanted if a == archive]
+                        have.update(conn.exec_driver_sql(
+                            f"SELECT timecode, archive_name FROM {TIMECODE_TABLE} "
+                            f"WHERE archive_name = ? AND timecode IN ({_marks(len(codes))})",
+                            (archive, *codes)).fetchall())
                     missing = sorted(wanted - have)
                     if missing:
-                        conn.execute(insert(TimecodeDir), [
-                            {"timecode": tc, "archive_name": arch, "completed": False,
-                             "synced": False, "finalized": False} for tc, arch in missing])
+                        conn.exec_driver_sql(_INSERT_TIMECODE, missing)
                     result.new_timecodes = missing
+        # Only after the commit: SupRsync never deletes timecode rows, so a pair seen once
+        # needs no lookup again.
+        self._known_timecodes.update(wanted)
         return result
 
     def _existing_keys(self, conn, entries: Sequence[FileEntry]) -> set[tuple[str, str, str]]:
-        pairs = sorted({(e.archive_name, e.local_path) for e in entries})
+        # One archive per query: ``archive_name = ? AND local_path IN (...)`` searches the
+        # (archive_name, local_path) index, where a row-value IN scans the whole table.
+        by_archive: dict[str, set[str]] = {}
+        for e in entries:
+            by_archive.setdefault(e.archive_name, set()).add(e.local_path)
         found: set[tuple[str, str, str]] = set()
-        for start in range(0, len(pairs), _LOOKUP_CHUNK):
-            chunk = pairs[start:start + _LOOKUP_CHUNK]
-            stmt = select(SupRsyncFile.archive_name, SupRsyncFile.local_path,
-                          SupRsyncFile.local_md5sum).where(
-                tuple_(SupRsyncFile.archive_name, SupRsyncFile.local_path).in_(chunk))
-            found.update(conn.execute(stmt).tuples())
+        for archive, paths in by_archive.items():
+            ordered = sorted(paths)
+            for start in range(0, len(ordered), _LOOKUP_CHUNK):
+                chunk = ordered[start:start + _LOOKUP_CHUNK]
+                found.update(conn.exec_driver_sql(
+                    f"SELECT archive_name, local_path, local_md5sum FROM {FILES_TABLE} "
+                    f"WHERE archive_name = ? AND local_path IN ({_marks(len(chunk))})",
+                    (archive, *chunk)).fetchall())
         return found
 
     # ---- reading -------------------------------------------------------------------------

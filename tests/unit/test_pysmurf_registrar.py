@@ -2,6 +2,7 @@
 import os
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -170,3 +171,19 @@ def test_stop_drains_before_returning(db, sim, tmp_path):
     t.join()
     assert reg.stop(drain_timeout=20) is True
     assert db.count() == 200
+
+
+def test_a_stream_of_files_is_committed_in_batches(db, sim, tmp_path):
+    reg = make(db, tmp_path, commit_interval=0.02)
+    reg.start()
+    files = sim.files(400, g3_every=0)
+    t0 = time.monotonic()
+    for i in range(0, len(files), 4):
+        reg.submit_many([parse_datagram(dg) for _, dg in files[i:i + 4]])
+    assert reg.drain(20)
+    elapsed = time.monotonic() - t0
+    reg.stop()
+    assert db.count() == 400 and reg.counters["registered"] == 400
+    # At most one commit per interval, however the files trickle in.
+    assert reg.counters["batches"] <= elapsed / 0.02 + 1
+    assert reg.counters["batches"] < 100

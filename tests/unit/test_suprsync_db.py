@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy
 
 from socs_agents.db import BadFileEntry, SupRsyncDB, make_entry, md5_file, timecode_of
+from socs_agents.db.entries import md5_small_file
 
 # (name, type, notnull, pk) column by column, as socs's SupRsync models create them.
 CONTRACT = {
@@ -138,7 +139,9 @@ def test_one_timecode_row_per_code_and_archive(db, tmp_path):
 
 @pytest.mark.parametrize("remote,code", [("17000/a", 17000), ("1700/a", None),
                                          ("01700/a", None), ("abcde/a", None),
-                                         ("170000/a", None), ("/17000/a", 17000)])
+                                         ("170000/a", None), ("/17000/a", 17000),
+                                         ("./17000/a", 17000), ("17000", 17000),
+                                         ("+1700/a", None), ("1700a/b", None)])
 def test_timecode_rule_matches_socs(remote, code):
     assert timecode_of(remote) == code
 
@@ -147,6 +150,25 @@ def test_many_files_one_transaction(db, tmp_path):
     paths = make_files(tmp_path / "many", 600)
     result = db.add_files([entry_for(p) for p in paths])
     assert len(result.inserted) == 600 and db.count() == 600
+    # More than one lookup chunk, two archives, old and new files mixed in one batch.
+    more = make_files(tmp_path / "more", 500)
+    batch = ([entry_for(p) for p in paths[::2]] + [entry_for(p) for p in more]
+             + [make_entry(str(p), "17000/ts/" + os.path.basename(p), "timestreams")
+                for p in paths[:450]])
+    result = db.add_files(batch)
+    assert len(result.duplicates) == 300 and len(result.inserted) == 950
+    assert db.count() == 1550 and db.count("timestreams") == 450
+
+
+def test_duplicate_check_searches_an_index(db, tmp_path):
+    # A scan per batch would make every write slower as the table grows.
+    db.add_files([entry_for(p) for p in make_files(tmp_path / "f", 3)])
+    con = sqlite3.connect(db.db_path)
+    plan = con.execute("EXPLAIN QUERY PLAN SELECT archive_name, local_path, local_md5sum "
+                       "FROM supersync_v0 WHERE archive_name = ? AND local_path IN (?, ?)",
+                       ("smurf", "/a", "/b")).fetchall()
+    con.close()
+    assert "USING INDEX ix_socs_agents_files_archive_local_path" in str(plan)
 
 
 @pytest.mark.parametrize("local,remote,archive,code,message", [
@@ -176,6 +198,27 @@ def test_bad_input_is_refused_naming_file_and_reason(tmp_path, local, remote, ar
 def test_directory_is_refused(tmp_path):
     with pytest.raises(BadFileEntry, match="is a directory"):
         make_entry(str(tmp_path), "17000/x", "smurf")
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 100_000])
+def test_md5_of_small_files_in_one_read(tmp_path, size):
+    import hashlib
+    p = tmp_path / "f.bin"
+    data = os.urandom(size)
+    p.write_bytes(data)
+    assert md5_small_file(str(p), 100_000) == hashlib.md5(data).hexdigest()
+    if size:
+        assert md5_small_file(str(p), size - 1) is None, "bigger than the limit"
+
+
+def test_md5_of_small_files_refuses_with_reason(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [(tmp_path / "missing", "missing_file"), (tmp_path, "bad_path"),
+             (tmp_path / "file" / "below", "bad_path")]
+    for path, code in cases:
+        with pytest.raises(BadFileEntry) as err:
+            md5_small_file(str(path), 1 << 20)
+        assert err.value.code == code, path
 
 
 def test_md5_is_chunked_and_right(tmp_path):

@@ -1,6 +1,7 @@
 """An append-only journal of announced files, so a kill -9 loses none that were received.
 
-Each accepted file datagram is appended (one line, flushed to the OS) before it is queued.
+Accepted file datagrams are appended (one line each; one write to the OS per reactor
+iteration) before they are queued.
 Segments roll over at a size limit; a segment is deleted once every file in it was written
 to the database or finally refused. On start, left-over segments are read back and the files
 announced again (the database ignores the ones it has already).
@@ -58,15 +59,22 @@ class Journal:
 
     def append(self, raw: bytes) -> int:
         """Write one datagram; return the segment id to pass to :meth:`done`."""
-        line = raw.replace(b"\n", b" ") + b"\n"
+        return self.append_many([raw])
+
+    def append_many(self, raws: list[bytes]) -> int:
+        """Write datagrams in one write to the OS; return their segment id.
+
+        Each of them needs its own :meth:`done`.
+        """
+        lines = b"".join(raw.replace(b"\n", b" ") + b"\n" for raw in raws)
         with self._lock:
             if self._file is None or self._size >= self.segment_bytes:
                 self._roll()
-            self._file.write(line)
+            self._file.write(lines)
             self._file.flush()
-            self._size += len(line)
+            self._size += len(lines)
             seg = self._current
-            self._outstanding[seg] = self._outstanding.get(seg, 0) + 1
+            self._outstanding[seg] = self._outstanding.get(seg, 0) + len(raws)
             return seg
 
     def _roll(self) -> None:

@@ -17,7 +17,12 @@ from ...db.entries import BadFileEntry, check_local_path, check_remote_path
 #: tune files). Matched against whole words, so ``archive_drive.txt`` stays deletable.
 KEEP_WORDS = (("iv",), ("tune",), ("channel", "assignment"))
 
-_WORD_SPLIT = re.compile(r"[^0-9A-Za-z]+")
+# One search per path instead of splitting every component into words: a keep phrase is
+# made of whole words (ASCII letters and digits) of one path component.
+_KEEP = re.compile(
+    r"(?<![0-9A-Za-z])(?:"
+    + "|".join(r"[^0-9A-Za-z/]+".join(map(re.escape, phrase)) for phrase in KEEP_WORDS)
+    + r")(?![0-9A-Za-z])", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -92,26 +97,13 @@ def parse_archive_rule(spec: str) -> tuple[str, RemoteRule]:
                      "relative:/absolute/dir")
 
 
-def _words(component: str) -> list[str]:
-    return [w.lower() for w in _WORD_SPLIT.split(component) if w]
-
-
-def _has_keep_word(component: str) -> bool:
-    words = _words(component)
-    for phrase in KEEP_WORDS:
-        n = len(phrase)
-        if any(tuple(words[i:i + n]) == phrase for i in range(len(words) - n + 1)):
-            return True
-    return False
-
-
 def smurf_deletable(local_path: str) -> bool:
     """False outside a timestamped dir (``/data/smurf_data/<digits>/...``) and for IV,
     channel-assignment and tune files."""
     parts = local_path.split("/")
     if len(parts) < 5 or not parts[3].isdigit():
         return False
-    return not any(_has_keep_word(c) for c in parts[4:])
+    return _KEEP.search("/".join(parts[4:])) is None
 
 
 def plan_file(payload: dict, pub_id: str, archive: str,
