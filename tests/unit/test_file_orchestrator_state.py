@@ -245,3 +245,19 @@ def test_checkpoint_from_another_connection(db_path, clock):
     s.checkpoint()
     ro = sqlite3.connect(db_path)
     assert ro.execute("SELECT count(*) FROM records").fetchone()[0] == 2000
+
+
+def test_older_files_first_whatever_the_discovery_order(db_path, clock):
+    s = make(db_path, clock)
+    # found later (a missed event, a rescan) but written earlier: handed out first
+    s.add_file("daq1", "/d/new.hdf5", 1, TR, [(4, 0)], created=clock.t - 5)
+    s.add_file("daq1", "/d/old.hdf5", 1, TR, [(1, 0), (2, 0)], created=clock.t - 60)
+    s.request(TR, 3)
+    assert [read(s)[1]["trigger_number"] for _ in range(3)] == [1, 2, 4]
+    s.con.close()
+    s = make(db_path, clock)
+    s.add_file("daq1", "/d/c.hdf5", 1, TR, [(9, 0)], created=clock.t - 30)
+    s.add_file("daq1", "/d/d.hdf5", 1, TR, [(7, 0)], created=clock.t - 90)
+    s.request(TR, 2)
+    assert [read(s, file="/d/c.hdf5")[1]["trigger_number"], read(s)[1]["trigger_number"]] == \
+        [9, 7]

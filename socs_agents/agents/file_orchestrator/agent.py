@@ -155,8 +155,11 @@ class FileOrchestrator:
     # ---- discovery (thread -> reactor) ---------------------------------------------------
 
     def _make_discovery(self) -> Discovery:
+        # Only files under the volumes: a file of this host announced by POST /new-file
+        # elsewhere must not be withdrawn because a scan does not find it.
+        roots = tuple(v.rstrip("/") + "/" for v in self.volumes)
         known = [f.path for f in self.state.files.values()
-                 if f.host == self.host_name and not f.removed]
+                 if f.host == self.host_name and not f.removed and f.path.startswith(roots)]
         return Discovery(self.volumes, self.patterns,
                          added=lambda p, lay: reactor.callFromThread(self._file_found, p, lay),
                          removed=lambda p: reactor.callFromThread(self._file_gone, p),
@@ -169,7 +172,7 @@ class FileOrchestrator:
         try:
             for record_type, ids in layout.records.items():
                 out = self.state.add_file(self.host_name, path, layout.run_number,
-                                          record_type, ids)
+                                          record_type, ids, created=layout.created)
                 if self.debug or out.body["added"]:
                     self.log.info("{path}: run {run}, {n} {t}(s) added", path=path,
                                   run=layout.run_number, n=out.body["added"], t=record_type)

@@ -2,6 +2,9 @@
 
 A file is taken when it is closed after writing (``IN_CLOSE_WRITE``) or renamed into place
 from a temporary name (``.writing``); files still carrying a temporary suffix are ignored.
+A newly created name is read once (it may be a finished file moved in from elsewhere); if it
+cannot be read yet, its close or rename brings it later. A new folder is scanned at once,
+for files written in it before its watch was in place.
 A deleted (or renamed-away) file is reported as removed. Every ``rescan_interval`` seconds,
 and at start, the volumes are scanned: files that appeared while nobody watched (or whose
 events were lost) are added, known files that disappeared are removed.
@@ -104,8 +107,9 @@ class Discovery:
         self._queue.put(("forget" if forget else "scan", None))
 
     def mark_all_known(self) -> None:
-        """Treat every matching file now on disk as known (read nothing)."""
-        self._queue.put(("adopt", None))
+        """Treat every matching file now on disk as known (read nothing). The disk is
+        listed now, in the caller's thread: files written afterwards are read as usual."""
+        self._queue.put(("adopt", self._on_disk()))
 
     def pending(self) -> int:
         return self._queue.qsize() + len(self._retry)
@@ -115,6 +119,16 @@ class Discovery:
     def file_ready(self, path: str) -> None:
         if self.wanted(path):
             self._queue.put(("add", path))
+
+    def file_created(self, path: str) -> None:
+        """A new name: maybe a finished file moved in from elsewhere, maybe one just opened
+        for writing. Read once; if that fails, its close or rename will bring it."""
+        if self.wanted(path):
+            self._queue.put(("probe", path))
+
+    def dir_created(self, path: str) -> None:
+        """A new folder: files written in it before its watch was set would be missed."""
+        self._queue.put(("scan_dir", path))
 
     def file_gone(self, path: str) -> None:
         if self.wanted(path):
@@ -151,11 +165,17 @@ class Discovery:
                 self.counters["errors"] += 1
                 self.report("error", f"discovery: {type(e).__name__}: {e}")
 
-    def _handle(self, kind: str, path: Optional[str]) -> None:
+    def _handle(self, kind: str, path) -> None:
         if kind == "add":
             if path in self._queued:
                 return  # a retry is already scheduled (rename then close of one file)
             self._read(path, time.monotonic(), 0)
+        elif kind == "probe":
+            if path not in self._queued and path not in self.known:
+                self._read(path, time.monotonic(), 0, retry=False)
+        elif kind == "scan_dir":
+            for found in sorted(self._on_disk([path]) - self.known - self._queued):
+                self._read(found, time.monotonic(), 0)
         elif kind == "gone":
             self._queued.discard(path)
             if path in self.known:
@@ -168,9 +188,9 @@ class Discovery:
             self.known.clear()
             self._scan()
         elif kind == "adopt":
-            self.known.update(self._on_disk())
+            self.known.update(path)
 
-    def _read(self, path: str, first: float, attempt: int) -> None:
+    def _read(self, path: str, first: float, attempt: int, retry: bool = True) -> None:
         try:
             layout = read_layout(path)
         except FileNotFoundError:
@@ -183,6 +203,8 @@ class Discovery:
             return
         except OSError as e:
             # Locked by its writer, or not yet complete: retry with backoff.
+            if not retry:
+                return
             if time.monotonic() - first > self.retry_timeout:
                 self._queued.discard(path)
                 self.counters["unreadable"] += 1
@@ -198,9 +220,9 @@ class Discovery:
         self.counters["discovered"] += 1
         self.added(path, layout)
 
-    def _on_disk(self) -> set[str]:
+    def _on_disk(self, folders: Optional[Iterable[str]] = None) -> set[str]:
         found = set()
-        for volume in self.volumes:
+        for volume in self.volumes if folders is None else folders:
             for folder, _, names in os.walk(volume):
                 for name in names:
                     path = os.path.join(folder, name)
@@ -230,6 +252,12 @@ def _make_handler_class():
         def on_closed(self, event) -> None:  # closed after writing
             if not event.is_directory:
                 self.d.file_ready(os.fsdecode(event.src_path))
+
+        def on_created(self, event) -> None:
+            if event.is_directory:
+                self.d.dir_created(os.fsdecode(event.src_path))
+            else:
+                self.d.file_created(os.fsdecode(event.src_path))
 
         def on_moved(self, event) -> None:
             if event.is_directory:

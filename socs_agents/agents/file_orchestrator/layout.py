@@ -31,6 +31,14 @@ class FileLayout:
     attrs: dict = field(default_factory=dict)
 
     @property
+    def created(self) -> Optional[float]:
+        """The file's ``creation_timestamp`` attribute (ms) in seconds, if it has one."""
+        value = self.attrs.get("creation_timestamp")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return value / 1000.0
+        return None
+
+    @property
     def count(self) -> int:
         return sum(len(v) for v in self.records.values())
 

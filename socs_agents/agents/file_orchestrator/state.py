@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS files (
     run_number INTEGER NOT NULL,
     record_type TEXT NOT NULL,
     added REAL NOT NULL,
+    created REAL NOT NULL,
     removed INTEGER NOT NULL DEFAULT 0,
     registered INTEGER NOT NULL DEFAULT 0,
     UNIQUE (host, path)
@@ -90,6 +91,8 @@ class FileInfo:
     run_number: int
     record_type: str
     added: float
+    #: the file's age for "oldest first": its creation time when known, else ``added``
+    created: float
     removed: bool = False
     registered: bool = False
     #: open (pending + active) records of this file
@@ -178,8 +181,9 @@ class State:
         self.file_ids: dict[tuple[str, str], int] = {}
         self.records: dict[int, Record] = {}
         self.by_key: dict[tuple, list[int]] = {}
-        #: (host, record type) -> heap of pending record ids (oldest first; lazy deletion)
-        self.queues: dict[tuple[str, str], list[int]] = {}
+        #: (host, record type) -> heap of (file created, record id) of pending records
+        #: (oldest file first, then records in file order; lazy deletion)
+        self.queues: dict[tuple[str, str], list[tuple[float, int]]] = {}
         #: heap of (lease expiry, record id) of active records (lazy deletion)
         self.leases: list[tuple[float, int]] = []
         self.counters = {name: 0 for name in COUNTER_NAMES}
@@ -187,8 +191,8 @@ class State:
         self.n_open = {(st, t): 0 for st in (PENDING, ACTIVE) for t in RECORD_TYPES}
         self.counters.update(dict(self.con.execute("SELECT name, value FROM counters")))
         for row in self.con.execute("SELECT id, host, path, run_number, record_type, added, "
-                                    "removed, registered FROM files"):
-            info = FileInfo(*row[:6], removed=bool(row[6]), registered=bool(row[7]))
+                                    "created, removed, registered FROM files"):
+            info = FileInfo(*row[:7], removed=bool(row[7]), registered=bool(row[8]))
             self.files[info.id] = info
             self.file_ids[(info.host, info.path)] = info.id
         for file_id, n in self.con.execute("SELECT file_id, count(*) FROM records "
@@ -212,8 +216,9 @@ class State:
             heapq.heappush(self.leases, (rec.lease_expires or 0.0, rec.id))
 
     def _enqueue(self, rec: Record) -> None:
-        host = self.files[rec.file_id].host
-        heapq.heappush(self.queues.setdefault((host, rec.record_type), []), rec.id)
+        info = self.files[rec.file_id]
+        heapq.heappush(self.queues.setdefault((info.host, rec.record_type), []),
+                       (info.created, rec.id))
 
     def _set_state(self, rec: Record, state: int) -> None:
         self.n_open[(rec.state, rec.record_type)] -= 1
@@ -238,11 +243,13 @@ class State:
     # ---- files ---------------------------------------------------------------------------
 
     def add_file(self, host: str, path: str, run_number: int, record_type: str,
-                 record_ids: Iterable[tuple[int, int]]) -> Outcome:
+                 record_ids: Iterable[tuple[int, int]],
+                 created: Optional[float] = None) -> Outcome:
         """Register a file and its records (idempotent: known records are left alone).
 
         A file that was removed and is added again becomes current; its withdrawn records
-        become pending again.
+        become pending again. ``created``: when the file was made (its
+        ``creation_timestamp``), which orders files oldest first; default: now.
         """
         if record_type not in RECORD_TYPES:
             raise StateError(f"unknown record type {record_type!r}")
@@ -257,8 +264,9 @@ class State:
         try:
             if file_id is None:
                 cur = con.execute("INSERT INTO files (host, path, run_number, record_type, "
-                                  "added) VALUES (?, ?, ?, ?, ?)",
-                                  (host, path, run_number, record_type, now))
+                                  "added, created) VALUES (?, ?, ?, ?, ?, ?)",
+                                  (host, path, run_number, record_type, now,
+                                   now if created is None else created))
                 file_id = cur.lastrowid
                 known = {}
             else:
@@ -287,7 +295,8 @@ class State:
             raise
         info = self.files.get(file_id)
         if info is None:
-            info = FileInfo(file_id, host, path, run_number, record_type, now)
+            info = FileInfo(file_id, host, path, run_number, record_type, now,
+                            now if created is None else created)
             self.files[file_id] = info
             self.file_ids[key] = file_id
         else:
@@ -418,23 +427,23 @@ class State:
             return None
         if not file:
             while queue:
-                rid = heapq.heappop(queue)
+                _, rid = heapq.heappop(queue)
                 rec = self.records.get(rid)
                 if rec is not None and rec.state == PENDING:
                     return rec
             return None
         # A named file: the oldest pending record of that file (rare; a scan is fine).
         best = None
-        for rid in queue:
-            rec = self.records.get(rid)
+        for item in queue:
+            rec = self.records.get(item[1])
             if (rec is not None and rec.state == PENDING
-                    and self.files[rec.file_id].path == file and (best is None or rid < best)):
-                best = rid
+                    and self.files[rec.file_id].path == file and (best is None or item < best)):
+                best = item
         if best is None:
             return None
         queue.remove(best)
         heapq.heapify(queue)
-        return self.records[best]
+        return self.records[best[1]]
 
     def _finish(self, rec: Record) -> None:
         """``rec`` became done (already committed)."""
