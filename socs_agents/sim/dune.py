@@ -58,6 +58,8 @@ class DuneWriter:
         self.temp_suffix = temp_suffix
         self.file_index = 0
         self.next_number = {TRIGGER_RECORD: 1, TIME_SLICE: 1}
+        #: wall-clock time of the last rename into place
+        self.renamed_at: Optional[float] = None
 
     def group_name(self, record_type: str, number: int, seq: int = 0) -> str:
         if record_type == TRIGGER_RECORD:
@@ -119,12 +121,14 @@ class DuneWriter:
             f.flush()
             if rename and rename_before_close:
                 os.rename(temp, final)
+                self.renamed_at = time.time()
                 if before_close_delay:
                     time.sleep(before_close_delay)
         finally:
             f.close()
         if rename and not rename_before_close:
             os.rename(temp, final)
+            self.renamed_at = time.time()
         return (final if rename else temp), ids
 
 
