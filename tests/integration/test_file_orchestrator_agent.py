@@ -7,7 +7,9 @@ import socket
 import time
 
 import pytest
+import sqlalchemy.exc
 
+from socs_agents.db import SupRsyncDB
 from socs_agents.sim.dune import DuneWriter, OrchestratorClient, check_record, run_chain
 from socs_agents.testing import FeedSubscriber, free_port, wait_for
 
@@ -28,7 +30,9 @@ class Orchestrator:
         self.arguments = [["--volume", self.volume], ["--http-interface", "127.0.0.1"],
                           ["--http-port", port], ["--state-db", self.state_db],
                           ["--host-name", HOST], ["--lease-timeout", lease_timeout],
-                          ["--feed-interval", 0.5], ["--rescan-interval", 0]]
+                          ["--feed-interval", 0.5], ["--rescan-interval", 0],
+                          ["--suprsync-db", os.path.join(root, "suprsync.db")],
+                          ["--archive-name", "dune"]]
         self.agent = None
         self.runs = 0
 
@@ -123,6 +127,20 @@ def test_discovered_files_through_request_read_complete(orch):
     finally:
         client.close()
     assert not any(a["file"] == unfinished for a in answers)
+    # every record of both files done: both registered in SupRsync, paths from the volume
+
+    def registered():
+        db = SupRsyncDB(os.path.join(orch.root, "suprsync.db"), create_all=False)
+        try:
+            rows = {r["local_path"]: r for r in db.files(archive_name="dune")}
+        except sqlalchemy.exc.OperationalError:  # the agent creates it at the first file
+            return None
+        finally:
+            db.close()
+        return rows if all(p in rows for p, _ in written) else None
+    rows = wait_for(registered, 10, "the finished files in SupRsync")
+    assert rows[written[0][0]]["remote_path"] == "tr/" + os.path.basename(written[0][0])
+    assert unfinished not in rows
 
 
 def test_time_slices(orch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, Optional
 
 from twisted.web.resource import Resource
@@ -243,7 +244,6 @@ class OrchestratorResource(Resource):
         self.on_error = on_error
 
     def render(self, request) -> bytes:
-        import time
         t0 = time.perf_counter()
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1", "replace")
