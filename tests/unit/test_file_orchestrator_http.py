@@ -126,16 +126,15 @@ def test_bad_input_is_400_and_changes_nothing(api, path, body):
 @pytest.mark.parametrize("value,expected", [("1", True), ("2", True), ("0", False),
                                             ("", False), ("yes", False)])
 def test_the_reference_debug_switch(monkeypatch, value, expected):
-    from socs_agents.agents.file_orchestrator.agent import _env_debug, make_parser
+    from socs_agents.agents.file_orchestrator.options import env_debug
     monkeypatch.setenv("ORCHESTRATOR_FLASK_DEBUG", value)
-    assert _env_debug() is expected
-    # an explicit --debug wins over the environment
-    assert make_parser().parse_args(["--debug", "false"]).debug is False
-    assert make_parser().parse_args([]).debug is None
+    assert env_debug() is expected
+    monkeypatch.delenv("ORCHESTRATOR_FLASK_DEBUG")
+    assert env_debug() is False
 
 
 def test_remote_paths_for_suprsync():
-    from socs_agents.agents.file_orchestrator.agent import remote_path_for
+    from socs_agents.agents.file_orchestrator.options import remote_path_for
     assert remote_path_for("/data/daq/run1/a.hdf5", ["/data/other", "/data/daq/"]) == \
         "run1/a.hdf5"
     assert remote_path_for("/elsewhere/a.hdf5", ["/data/daq"]) == "a.hdf5"

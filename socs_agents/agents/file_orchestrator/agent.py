@@ -22,41 +22,10 @@ from .http_api import (DEFAULT_TEMP_SUFFIXES, BadRequest, OrchestratorAPI,
                        OrchestratorResource, OrchestratorSite, complete_args, new_file_args,
                        read_next_args, remove_file_args)
 from .layout import FileLayout
+from .options import env_debug, remote_path_for, str2bool
 from .state import RECORD_TYPES, TRIGGER_RECORD, FileInfo, State
 
 COUNTS_FEED = "orchestrator_counts"
-DEBUG_ENV = "ORCHESTRATOR_FLASK_DEBUG"
-
-
-def _env_debug() -> bool:
-    """``ORCHESTRATOR_FLASK_DEBUG`` > 0, the reference's debug switch."""
-    try:
-        return int(os.environ.get(DEBUG_ENV, "0") or 0) > 0
-    except ValueError:
-        return False
-
-
-def _str2bool(text) -> bool:
-    if isinstance(text, bool):
-        return text
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def remote_path_for(path: str, volumes: list[str]) -> str:
-    """The SupRsync remote path of a local file: relative to the volume holding it, else its
-    base name."""
-    for volume in volumes:
-        volume = os.path.abspath(volume)
-        if path.startswith(volume.rstrip("/") + "/"):
-            return os.path.relpath(path, volume)
-    return os.path.basename(path)
-
-
 class FileOrchestrator:
     """The orchestrator: HTTP API, volume watcher and the state machine behind both.
 
@@ -73,7 +42,7 @@ class FileOrchestrator:
         self.volumes = [os.path.abspath(v) for v in (args.volume or [])]
         self.patterns = [p for p in args.pattern.split(",") if p]
         self.temp_suffixes = tuple(args.temp_suffix or DEFAULT_TEMP_SUFFIXES)
-        self.debug = args.debug if args.debug is not None else _env_debug()
+        self.debug = args.debug if args.debug is not None else env_debug()
         t0 = time.perf_counter()
         self.state = State(args.state_db, lease_timeout=args.lease_timeout,
                            lease_timeslices=args.lease_timeslices,
@@ -549,7 +518,7 @@ def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.Ar
     pgroup.add_argument("--lease-timeout", type=float, default=300.0,
                         help="Seconds a handed-out record may stay uncompleted before it is "
                         "pending again (a crashed filter's record is handed out again).")
-    pgroup.add_argument("--lease-timeslices", type=_str2bool, default=False,
+    pgroup.add_argument("--lease-timeslices", type=str2bool, default=False,
                         help="Lease time slices like trigger records. Default false: a time "
                         "slice is done when handed out, since nothing completes time slices.")
     pgroup.add_argument("--suprsync-db", default=None,
@@ -565,7 +534,7 @@ def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.Ar
                         "locked by its writer).")
     pgroup.add_argument("--feed-interval", type=float, default=10.0,
                         help="Seconds between publications of the counts feed.")
-    pgroup.add_argument("--debug", type=_str2bool, default=None,
+    pgroup.add_argument("--debug", type=str2bool, default=None,
                         help="Log every HTTP request. Default: true when the environment "
                         "variable ORCHESTRATOR_FLASK_DEBUG is a number greater than 0.")
     pgroup.add_argument("--test-mode", action="store_true",
