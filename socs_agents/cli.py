@@ -55,6 +55,11 @@ def _simulate_smurf(argv: list[str]) -> int:
     return simulate(argv)
 
 
+def _simulate_dune(argv: list[str]) -> int:
+    from .sim.dune import main as simulate
+    return simulate(argv)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="socs-agents", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +79,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("simulate-smurf", add_help=False,
                    help="write smurf files and announce them over UDP (see its --help)")
 
+    sub.add_parser("simulate-dune", add_help=False,
+                   help="write DUNE HDF5 files and play the orchestrator's HTTP clients "
+                   "(see its --help)")
+
     p = sub.add_parser("demo", help="run the site-config's agents here (hub + HostManager)")
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--site-file", help="site-config (default: ./site-config.yaml)")
@@ -85,6 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate-smurf"]:
         return _simulate_smurf(argv[1:])
+    if argv[:1] == ["simulate-dune"]:
+        return _simulate_dune(argv[1:])
     args = make_parser().parse_args(argv)
     return args.func(args)
 

@@ -91,8 +91,14 @@ def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
     print(f"  look further: .venv/bin/suprsync-db --db {db_path} list")
 
 
+def _show_file_orchestrator(site_file: str, inst: dict) -> None:
+    from .agents.file_orchestrator.showcase import show
+    show(site_file, inst, _demo_dir())
+
+
 #: agent class -> what the demo shows of it once it answers
-SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor}
+SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor,
+                   "FileOrchestrator": _show_file_orchestrator}
 
 
 def start(site_file: str, timeout: float = 60.0) -> int:

@@ -3,4 +3,5 @@
 package_name = 'socs_agents'
 agents = {
     'PysmurfMonitor': {'module': 'socs_agents.agents.pysmurf_monitor.agent', 'entry_point': 'main'},
+    'FileOrchestrator': {'module': 'socs_agents.agents.file_orchestrator.agent', 'entry_point': 'main'},
 }

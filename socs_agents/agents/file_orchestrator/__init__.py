@@ -1,0 +1,1 @@
+"""FileOrchestrator: the DUNE data-filter orchestrator as an OCS agent."""

@@ -1,0 +1,276 @@
+"""Watch volumes for closed HDF5 files (watchdog) and read their records in a worker thread.
+
+A file is taken when it is closed after writing (``IN_CLOSE_WRITE``) or renamed into place
+from a temporary name (``.writing``); files still carrying a temporary suffix are ignored.
+A newly created name is read once (it may be a finished file moved in from elsewhere); if it
+cannot be read yet, its close or rename brings it later. A new folder is scanned at once,
+for files written in it before its watch was in place.
+A deleted (or renamed-away) file is reported as removed. Every ``rescan_interval`` seconds,
+and at start, the volumes are scanned: files that appeared while nobody watched (or whose
+events were lost) are added, known files that disappeared are removed.
+
+No Twisted here: results go to the ``added`` and ``removed`` callables, which the agent wraps
+in ``reactor.callFromThread``. Every callback is called from the worker thread.
+"""
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from typing import Callable, Iterable, Optional
+
+from .layout import FileLayout, LayoutError, read_layout
+
+_STOP = object()
+
+
+class Discovery:
+    """Watches ``volumes`` for files matching ``patterns``.
+
+    Args:
+        volumes: folders to watch, recursively.
+        patterns: shell patterns of file names (``*.hdf5``).
+        added: ``added(path, layout)`` for every new readable file.
+        removed: ``removed(path)`` for every known file that is gone.
+        report: ``report(level, text)`` for log lines.
+        known: paths already in the state (not read again by scans).
+        temp_suffixes: names of unfinished files end with one of these.
+        retry_timeout: seconds to keep retrying a file that cannot be opened yet.
+        rescan_interval: seconds between scans (0: only at start).
+    """
+
+    def __init__(self, volumes: Iterable[str], patterns: Iterable[str],
+                 added: Callable[[str, FileLayout], None], removed: Callable[[str], None],
+                 report: Callable[[str, str], None] = lambda level, text: None,
+                 known: Iterable[str] = (), temp_suffixes: Iterable[str] = (".writing",),
+                 retry_timeout: float = 10.0, rescan_interval: float = 60.0) -> None:
+        self.volumes = [os.path.abspath(v) for v in volumes]
+        self.patterns = list(patterns)
+        self.added = added
+        self.removed = removed
+        self.report = report
+        self.known: set[str] = set(known)
+        self.temp_suffixes = tuple(temp_suffixes)
+        self.retry_timeout = retry_timeout
+        self.rescan_interval = rescan_interval
+        self.counters: Counter = Counter()
+        self._queue: queue.Queue = queue.Queue()
+        self._retry: list[tuple[float, float, int, str]] = []
+        self._queued: set[str] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._observer = None
+        self.running = False
+
+    # ---- rules ---------------------------------------------------------------------------
+
+    def wanted(self, path: str) -> bool:
+        name = os.path.basename(path)
+        if any(name.endswith(s) for s in self.temp_suffixes):
+            return False
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        from watchdog.observers import Observer
+        for v in self.volumes:
+            os.makedirs(v, exist_ok=True)
+        self._observer = Observer()
+        handler = _Handler(self)
+        for v in self.volumes:
+            self._observer.schedule(handler, v, recursive=True)
+        self._observer.start()
+        self.running = True
+        self._thread = threading.Thread(target=self._run, name="orchestrator-discovery",
+                                        daemon=True)
+        self._thread.start()
+        self._queue.put(("scan", None))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.running = False
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+            self._observer = None
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def rescan(self, forget: bool = False) -> None:
+        """Scan now (from any thread). ``forget``: first forget every known path, so that
+        every file on disk is read and added again."""
+        self._queue.put(("forget" if forget else "scan", None))
+
+    def mark_all_known(self) -> None:
+        """Treat every matching file now on disk as known (read nothing). The disk is
+        listed now, in the caller's thread: files written afterwards are read as usual."""
+        self._queue.put(("adopt", self._on_disk()))
+
+    def pending(self) -> int:
+        return self._queue.qsize() + len(self._retry)
+
+    # ---- events (watchdog thread) --------------------------------------------------------
+
+    def file_ready(self, path: str) -> None:
+        if self.wanted(path):
+            self._queue.put(("add", path))
+
+    def file_created(self, path: str) -> None:
+        """A new name: maybe a finished file moved in from elsewhere, maybe one just opened
+        for writing. Read once; if that fails, its close or rename will bring it."""
+        if self.wanted(path):
+            self._queue.put(("probe", path))
+
+    def dir_created(self, path: str) -> None:
+        """A new folder: files written in it before its watch was set would be missed."""
+        self._queue.put(("scan_dir", path))
+
+    def file_gone(self, path: str) -> None:
+        if self.wanted(path):
+            self._queue.put(("gone", path))
+
+    # ---- worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_scan = time.monotonic() + self.rescan_interval if self.rescan_interval else None
+        while True:
+            now = time.monotonic()
+            wait = 0.5
+            if self._retry:
+                wait = min(wait, max(0.0, self._retry[0][0] - now))
+            if next_scan is not None:
+                wait = min(wait, max(0.0, next_scan - now))
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            try:
+                if item is not None:
+                    self._handle(*item)
+                now = time.monotonic()
+                while self._retry and self._retry[0][0] <= now:
+                    _, first, attempt, path = heapq.heappop(self._retry)
+                    self._read(path, first, attempt)
+                if next_scan is not None and now >= next_scan:
+                    self._scan()
+                    next_scan = now + self.rescan_interval
+            except Exception as e:  # keep the worker alive whatever a callback does
+                self.counters["errors"] += 1
+                self.report("error", f"discovery: {type(e).__name__}: {e}")
+
+    def _handle(self, kind: str, path) -> None:
+        if kind == "add":
+            if path in self._queued:
+                return  # a retry is already scheduled (rename then close of one file)
+            self._read(path, time.monotonic(), 0)
+        elif kind == "probe":
+            if path not in self._queued and path not in self.known:
+                self._read(path, time.monotonic(), 0, retry=False)
+        elif kind == "scan_dir":
+            for found in sorted(self._on_disk([path]) - self.known - self._queued):
+                self._read(found, time.monotonic(), 0)
+        elif kind == "gone":
+            self._queued.discard(path)
+            if path in self.known:
+                self.known.discard(path)
+                self.counters["removed"] += 1
+                self.removed(path)
+        elif kind == "scan":
+            self._scan()
+        elif kind == "forget":
+            self.known.clear()
+            self._scan()
+        elif kind == "adopt":
+            self.known.update(path)
+
+    def _read(self, path: str, first: float, attempt: int, retry: bool = True) -> None:
+        try:
+            layout = read_layout(path)
+        except FileNotFoundError:
+            self._queued.discard(path)
+            return
+        except LayoutError as e:
+            self._queued.discard(path)
+            self.counters["not_record_files"] += 1
+            self.report("warn", f"ignoring {e}")
+            return
+        except OSError as e:
+            # Locked by its writer, or not yet complete: retry with backoff.
+            if not retry:
+                return
+            if time.monotonic() - first > self.retry_timeout:
+                self._queued.discard(path)
+                self.counters["unreadable"] += 1
+                self.report("warn", f"giving up on {path} after {attempt + 1} attempts: {e}")
+                return
+            self.counters["retries"] += 1
+            self._queued.add(path)
+            delay = min(0.01 * 2 ** attempt, 0.5)
+            heapq.heappush(self._retry, (time.monotonic() + delay, first, attempt + 1, path))
+            return
+        self._queued.discard(path)
+        self.known.add(path)
+        self.counters["discovered"] += 1
+        self.added(path, layout)
+
+    def _on_disk(self, folders: Optional[Iterable[str]] = None) -> set[str]:
+        found = set()
+        for volume in self.volumes if folders is None else folders:
+            for folder, _, names in os.walk(volume):
+                for name in names:
+                    path = os.path.join(folder, name)
+                    if self.wanted(path):
+                        found.add(path)
+        return found
+
+    def _scan(self) -> None:
+        self.counters["scans"] += 1
+        on_disk = self._on_disk()
+        for path in sorted(self.known - on_disk):
+            self.known.discard(path)
+            self.counters["removed"] += 1
+            self.removed(path)
+        for path in sorted(on_disk - self.known - self._queued):
+            self._read(path, time.monotonic(), 0)
+
+
+def _make_handler_class():
+    from watchdog.events import FileSystemEventHandler
+
+    class Handler(FileSystemEventHandler):
+        def __init__(self, discovery: Discovery) -> None:
+            super().__init__()
+            self.d = discovery
+
+        def on_closed(self, event) -> None:  # closed after writing
+            if not event.is_directory:
+                self.d.file_ready(os.fsdecode(event.src_path))
+
+        def on_created(self, event) -> None:
+            if event.is_directory:
+                self.d.dir_created(os.fsdecode(event.src_path))
+            else:
+                self.d.file_created(os.fsdecode(event.src_path))
+
+        def on_moved(self, event) -> None:
+            if event.is_directory:
+                return
+            self.d.file_gone(os.fsdecode(event.src_path))
+            self.d.file_ready(os.fsdecode(event.dest_path))
+
+        def on_deleted(self, event) -> None:
+            if not event.is_directory:
+                self.d.file_gone(os.fsdecode(event.src_path))
+
+    return Handler
+
+
+def _Handler(discovery: Discovery):
+    return _make_handler_class()(discovery)
