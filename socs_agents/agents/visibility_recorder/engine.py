@@ -259,6 +259,10 @@ class RecordingEngine:
                 times, chunks = [], []
         if times:
             self._submit(op, times, chunks)
+        # An integration cut by the stop time is not kept; the recording still ends then.
+        while not self._stop.is_set() and self.clock() < op.end:
+            self._wait(op.end - self.clock())
+            op = self.schedule.get(op.id)
         if not self._stop.is_set():
             self.schedule.mark_finished(op.id, self.clock())
             self.log("info", f"recording {op.tag} ended at {utc_iso(op.end)}")
