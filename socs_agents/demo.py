@@ -91,8 +91,15 @@ def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
     print(f"  look further: .venv/bin/suprsync-db --db {db_path} list")
 
 
+def _show_visibility_manager(site_file: str, inst: dict) -> None:
+    """One call through the manager drives every pipeline (see the showcase module)."""
+    from .agents.visibility_manager.showcase import show
+    show(site_file, inst, _demo_dir())
+
+
 #: agent class -> what the demo shows of it once it answers
-SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor}
+SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor,
+                   "VisibilityManager": _show_visibility_manager}
 
 
 def start(site_file: str, timeout: float = 60.0) -> int:

@@ -62,6 +62,11 @@ def test_precedence_stale_then_bad_then_warning_then_normal():
     assert (r["summary"], r["info"]) == ("error", "2 pipelines have not updated in 120 s: a, d")
     assert r["pipelines"]["d"]["info"] == "never reported" and r["n_stale"] == 2
     assert aggregate_monitoring([], {}, 0, 120)["summary"] == "error"
+    # Just after the manager started, a pipeline not heard from yet is booting, not stale.
+    r = aggregate_monitoring(["a", "b"], {"a": report()}, 101.0, 120, started=90.0)
+    assert (r["summary"], r["info"], r["n_stale"]) == ("error", "b=booting: no report yet", 0)
+    r = aggregate_monitoring(["a", "b"], {"a": report(received=215)}, 215.0, 120, started=90.0)
+    assert r["info"] == "1 pipeline has not updated in 120 s: b"
 
 
 def test_normal_with_cleared_note_held_then_dropped():

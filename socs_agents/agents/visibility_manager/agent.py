@@ -50,6 +50,7 @@ class VisibilityManager:
         self.reports: dict[str, dict] = {}
         self._passwords: dict[str, str] = {}
         self._last: Optional[dict] = None
+        self.started = time.time()
         self._monitor_on = False
         self._monitor_wake: Optional[defer.Deferred] = None
         self._monitor_call = None
@@ -259,7 +260,7 @@ class VisibilityManager:
     def evaluate(self) -> dict:
         result = aggregate.aggregate_monitoring(self.pipelines(), self.reports, time.time(),
                                                 self.args.stale_after, self._last,
-                                                self.args.cleared_note_hold)
+                                                self.args.cleared_note_hold, self.started)
         result["mode"] = self.mode
         self._last = result
         return result

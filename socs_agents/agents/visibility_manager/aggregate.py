@@ -77,7 +77,7 @@ def _plural(n: int, word: str) -> str:
 def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping[str, Any]],
                          now: float, stale_after: float,
                          previous: Optional[Mapping[str, Any]] = None,
-                         cleared_hold: float = 60.0) -> dict:
+                         cleared_hold: float = 60.0, started: Optional[float] = None) -> dict:
     """The manager's monitoring points, by the reference's precedence rules.
 
     Args:
@@ -87,6 +87,8 @@ def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping
         stale_after: seconds without an update after which a pipeline counts as timed out.
         previous: the previous result, for the note when a condition clears.
         cleared_hold: seconds the ``normal`` info keeps naming the condition that cleared.
+        started: when the manager started: a pipeline it has not heard from yet counts as
+            ``booting`` until ``stale_after`` seconds after that, then as timed out.
 
     Rules: ``error`` if any pipeline has not updated within ``stale_after`` (or never);
     else ``error`` if any is booting, shutdown or error; else ``warning`` if any warns;
@@ -98,10 +100,12 @@ def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping
     for pid in pipelines:
         r = reports.get(pid)
         age = None if r is None else max(0.0, now - r["received"])
-        if r is None or age > stale_after:
+        waiting = r is None and started is not None and now - started <= stale_after
+        if (r is None and not waiting) or (age is not None and age > stale_after):
             stale.append(pid)
-        per[pid] = {"summary": r.get("summary", "") if r else "",
-                    "info": r.get("info", "") if r else "never reported",
+        per[pid] = {"summary": r.get("summary", "") if r else ("booting" if waiting else ""),
+                    "info": r.get("info", "") if r else ("no report yet" if waiting
+                                                         else "never reported"),
                     "op_type": r.get("op_type", "") if r else "",
                     "op_tag": r.get("op_tag", "") if r else "",
                     "age_s": None if age is None else round(age, 3),
