@@ -183,6 +183,7 @@ class RecordingEngine:
             now = self.clock()
             op = self.schedule.current(now)
             if op is None:
+                self._close_missed(now)
                 nxt = self.schedule.next_start(now)
                 self._wait(min(nxt.start - now, 3600.0) if nxt else 3600.0)
                 continue
@@ -194,6 +195,14 @@ class RecordingEngine:
                          "scheduled time")
             self._record(op, resuming)
         self._jobs.put(None)
+
+    def _close_missed(self, now: float) -> None:
+        """Close scheduled operations whose whole span passed before the thread woke."""
+        for op in self.schedule.operations(open_only=True):
+            if op.state == SCHEDULED and op.end <= now:
+                self.schedule.mark_finished(op.id, now, failed=True,
+                                            note="missed: it ended before recording began")
+                self.log("warn", f"recording {op.tag} missed: it ended before recording began")
 
     def _recover(self) -> None:
         """After a restart: resume recordings that should be running, close the others."""
