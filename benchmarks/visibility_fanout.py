@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, median, percentile, rst_table  # noqa: E402
 
 from socs_agents.agents.visibility_recorder.schedule import Schedule  # noqa: E402
-from socs_agents.testing import AgentProcess, LocalSite, wait_for  # noqa: E402
+from socs_agents.testing import AgentProcess, LocalSite  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures",
                     "visibility_manager.rst")

@@ -1,7 +1,6 @@
 """HDF5 files, SupRsync registration, and the recording engine with short integrations."""
 import os
 import stat
-import time
 
 import h5py
 import numpy as np

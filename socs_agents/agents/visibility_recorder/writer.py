@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -155,6 +155,3 @@ def _remove_quietly(path: str) -> None:
     except OSError:
         pass
 
-
-def stack(chunks: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack(chunks, axis=0)
