@@ -104,12 +104,28 @@ class VisibilityManager:
         uri = f"{self.root}.{pid}.ops"
         pw = self._password(pid)
         kw = {"password": pw} if pw else {}
-        reply = yield self.agent.call(uri, "start", op_name, params, **kw)
-        refused = aggregate.classify_start(reply)
-        if refused is not None:
-            return refused
-        reply = yield self.agent.call(uri, "wait", op_name, timeout=self.timeout, **kw)
-        return aggregate.classify_wait(reply, self.timeout)
+        # The wait is sent right behind the start, not after its answer: one round trip
+        # instead of two. If it overtook the start (another session's id), wait again.
+        d_start = self.agent.call(uri, "start", op_name, params, **kw)
+        d_wait = self.agent.call(uri, "wait", op_name, timeout=self.timeout, **kw)
+        waited = False
+        try:
+            reply = yield d_start
+            refused = aggregate.classify_start(reply)
+            if refused is not None:
+                return refused
+            session_id = (reply[2] or {}).get("session_id")
+            waited = True
+            result = yield d_wait
+            if (result[2] or {}).get("session_id") != session_id:
+                result = yield self.agent.call(uri, "wait", op_name, timeout=self.timeout,
+                                               **kw)
+            return aggregate.classify_wait(result, self.timeout)
+        finally:
+            if not waited:
+                d_wait.addErrback(lambda _failure: None)
+                if not d_wait.called:
+                    d_wait.cancel()
 
     def _one(self, pid: str, op_name: str, params: dict) -> defer.Deferred:
         d = self._call_pipeline(pid, op_name, params)
