@@ -96,9 +96,16 @@ def _show_file_orchestrator(site_file: str, inst: dict) -> None:
     show(site_file, inst, _demo_dir())
 
 
+def _show_visibility_manager(site_file: str, inst: dict) -> None:
+    """One call through the manager drives every pipeline (see the showcase module)."""
+    from .agents.visibility_manager.showcase import show
+    show(site_file, inst, _demo_dir())
+
+
 #: agent class -> what the demo shows of it once it answers
 SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor,
-                   "FileOrchestrator": _show_file_orchestrator}
+                   "FileOrchestrator": _show_file_orchestrator,
+                   "VisibilityManager": _show_visibility_manager}
 
 
 def start(site_file: str, timeout: float = 60.0) -> int:

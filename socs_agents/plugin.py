@@ -4,4 +4,6 @@ package_name = 'socs_agents'
 agents = {
     'PysmurfMonitor': {'module': 'socs_agents.agents.pysmurf_monitor.agent', 'entry_point': 'main'},
     'FileOrchestrator': {'module': 'socs_agents.agents.file_orchestrator.agent', 'entry_point': 'main'},
+    'VisibilityRecorder': {'module': 'socs_agents.agents.visibility_recorder.agent', 'entry_point': 'main'},
+    'VisibilityManager': {'module': 'socs_agents.agents.visibility_manager.agent', 'entry_point': 'main'},
 }

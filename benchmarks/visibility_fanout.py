@@ -1,0 +1,282 @@
+"""VisibilityManager fan-out to N real recorders, next to a serial fan-out and the floor.
+
+    .venv/bin/python benchmarks/visibility_fanout.py [--quick] [--write-docs]
+
+For each N (1, 8, 32; --quick: 1, 8), on a hub of its own: N VisibilityRecorder agents, a
+VisibilityManager and the same manager with ``--serial``, all real processes. One WAMP
+session in this process (asyncio autobahn, in a thread) times, each over the same session:
+
+* manager ping and start/stop: the manager's OCS task (``start`` + ``wait``), which calls all
+  N recorders' tasks concurrently over its own WAMP session;
+* the same through the serial manager;
+* floor (tasks): N concurrent calls of the recorders' ``ping`` task (``start`` + ``wait``)
+  from this session, i.e. what the manager does, without the manager;
+* floor (bare): N concurrent bare WAMP calls (each recorder's management procedure);
+* start spread: for each ``start_mjd="now"``, latest minus earliest actual start among the
+  recorders (from their schedules).
+
+Also the manager's ping through ``OCSClient`` (HTTP, what scripts see).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _report import emit, median, percentile, rst_table  # noqa: E402
+
+from socs_agents.agents.visibility_recorder.schedule import Schedule  # noqa: E402
+from socs_agents.testing import AgentProcess, LocalSite  # noqa: E402
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures",
+                    "visibility_manager.rst")
+PW2 = "bench-pw2"
+POLICY = ["--access-policy", f"override:{PW2},bench-pw3"]
+LEAD = 0.3
+
+
+class WampCaller:
+    """One WAMP session in a thread; ``run(coro_fn)`` runs a coroutine on its loop."""
+
+    def __init__(self, site: LocalSite, timeout: float = 10.0) -> None:
+        from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        owner = self
+
+        class _Session(ApplicationSession):
+            async def onJoin(self, details):
+                owner.session = self
+                owner._ready.set()
+
+        runner = ApplicationRunner(site.settings.wamp_server, site.realm)
+
+        def serve():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(runner.run(_Session, start_loop=False))
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("benchmark WAMP session did not join")
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    async def task(self, iid: str, op: str, params=None, password=None):
+        kw = {"password": password} if password else {}
+        uri = f"observatory.{iid}.ops"
+        code, msg, _ = await self.session.call(uri, "start", op, params or {}, **kw)
+        if code != 0:
+            raise RuntimeError(f"{iid}.{op} refused: {msg}")
+        code, msg, session = await self.session.call(uri, "wait", op, timeout=30, **kw)
+        return session
+
+    async def timed(self, make):
+        t0 = time.perf_counter()
+        result = await make()
+        return (time.perf_counter() - t0) * 1e3, result
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.session.leave)
+        time.sleep(0.2)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def start_agents(site: LocalSite, ids) -> list[AgentProcess]:
+    agents = [AgentProcess(site, iid) for iid in ids]
+    for a in agents:
+        site.agents.append(a)
+        a.start()
+    for a in agents:
+        a.wait_callable(120)
+    return agents
+
+
+def stop_agents(agents) -> None:
+    for a in agents:
+        a.send_signal(signal.SIGTERM)
+    for a in agents:
+        a.stop(timeout=30)
+
+
+def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
+    site = LocalSite(os.path.join(workdir, f"n{n}"))
+    data_dir = os.path.join(site.workdir, "data")
+    rec_ids = [f"drv-{i:02d}" for i in range(n)]
+    for iid in rec_ids:
+        site.add_instance("VisibilityRecorder", iid, [
+            ["--mode", "slow"], ["--data-dir", data_dir],
+            ["--db-path", os.path.join(site.workdir, "suprsync.db")],
+            ["--integration-time", 0.5], ["--n-antennas", 4], ["--n-channels", 16],
+            ["--now-lead", LEAD], ["--monitor-interval", 5], POLICY])
+    for iid, extra in (("mgr", []), ("mgr-serial", [["--serial"]])):
+        site.add_instance("VisibilityManager", iid, [
+            ["--mode", "slow"], ["--pipelines", *rec_ids], ["--timeout", 10],
+            ["--now-lead", LEAD], ["--recorder-password", PW2], ["--monitor-interval", 5],
+            *extra, POLICY])
+    out: dict = {"n": n}
+    with site:
+        t0 = time.monotonic()
+        agents = start_agents(site, rec_ids + ["mgr", "mgr-serial"])
+        out["start_s"] = time.monotonic() - t0
+        out["load_before"] = os.getloadavg()[0]
+        caller = WampCaller(site)
+        try:
+            w = caller
+
+            def series(make, reps):
+                times = []
+                for _ in range(reps):
+                    ms, _ = w.run(w.timed(make))
+                    times.append(ms)
+                return times
+
+            def check_all(session):
+                data = session["data"]
+                assert session["success"], session["messages"][-2:]
+                assert len(data) == n and all(r["status"] == "success" for r in data.values())
+
+            # warm-up (first calls set up subscriptions, thread pools, caches)
+            for _ in range(3):
+                check_all(w.run(w.task("mgr", "ping")))
+                check_all(w.run(w.task("mgr-serial", "ping")))
+
+            async def floor_tasks():
+                return await asyncio.gather(*[w.task(i, "ping") for i in rec_ids])
+
+            async def floor_bare():
+                return await asyncio.gather(*[w.session.call(f"observatory.{i}",
+                                                             "get_agent_class")
+                                              for i in rec_ids])
+            w.run(floor_tasks())
+            w.run(floor_bare())
+            out["ping"] = series(lambda: w.task("mgr", "ping"), ping_reps)
+            out["ping_serial"] = series(lambda: w.task("mgr-serial", "ping"), ping_reps)
+            out["floor_tasks"] = series(floor_tasks, ping_reps)
+            out["floor_bare"] = series(floor_bare, ping_reps)
+            client = site.client("mgr")
+            ocs_ms = []
+            for _ in range(ping_reps):
+                t1 = time.perf_counter()
+                client.ping()
+                ocs_ms.append((time.perf_counter() - t1) * 1e3)
+            out["ping_ocsclient"] = ocs_ms
+
+            def start_stop(mgr, reps):
+                starts, stops = [], []
+                for _ in range(reps):
+                    ms, s = w.run(w.timed(lambda: w.task(mgr, "start", {"start_mjd": "now"},
+                                                         PW2)))
+                    check_all(s)
+                    starts.append(ms)
+                    time.sleep(LEAD + 0.15)
+                    ms, s = w.run(w.timed(lambda: w.task(mgr, "stop", {"stop_mjd": "now"},
+                                                         PW2)))
+                    check_all(s)
+                    stops.append(ms)
+                    time.sleep(LEAD + 0.1)
+                return starts, stops
+            out["start"], out["stop"] = start_stop("mgr", ss_reps)
+            out["start_serial"], out["stop_serial"] = start_stop("mgr-serial", ss_reps)
+            out["load_after"] = os.getloadavg()[0]
+        finally:
+            caller.close()
+            t0 = time.monotonic()
+            stop_agents(agents)
+            out["stop_s"] = time.monotonic() - t0
+            site.agents.clear()
+    # Start spread per common "now": actual starts of the same scheduled instant.
+    by_start: dict = {}
+    late = []
+    for iid in rec_ids:
+        s = Schedule(os.path.join(data_dir, f".{iid}.schedule.sqlite"))
+        for op in s.operations():
+            if op.actual_start is not None:
+                by_start.setdefault(round(op.start, 3), []).append(op.actual_start)
+                late.append((op.actual_start - op.start) * 1e3)
+        s.close()
+    out["spread"] = [(max(v) - min(v)) * 1e3 for v in by_start.values() if len(v) == n]
+    out["late"] = late
+    out["missed"] = 2 * ss_reps * n - len(late)
+    return out
+
+
+def fmt(values) -> str:
+    return f"{median(values):.1f} / {percentile(values, 99):.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 1 and 8, fewer repetitions")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None)
+    parser.add_argument("--ping-reps", type=int, default=None)
+    parser.add_argument("--start-stop-reps", type=int, default=None)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    sizes = args.sizes or ([1, 8] if args.quick else [1, 8, 32])
+    ping_reps = args.ping_reps or (30 if args.quick else 100)
+    ss_reps = args.start_stop_reps or (5 if args.quick else 10)
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            r = measure(n, tmp, ping_reps, ss_reps)
+            results.append(r)
+            print(f"N={n}: agents up in {r['start_s']:.1f} s; ping {fmt(r['ping'])}, serial "
+                  f"{fmt(r['ping_serial'])}, floor tasks {fmt(r['floor_tasks'])}, floor bare "
+                  f"{fmt(r['floor_bare'])}; start {fmt(r['start'])}; load "
+                  f"{r['load_before']:.1f}->{r['load_after']:.1f}", flush=True)
+
+    one = next((r for r in results if r["n"] == 1), None)
+    rows = []
+
+    def row(label, fn):
+        rows.append([label] + [fn(r) for r in results])
+
+    row("manager ping (WAMP), median / p99", lambda r: fmt(r["ping"]))
+    row("manager ping (OCSClient, HTTP), median / p99", lambda r: fmt(r["ping_ocsclient"]))
+    row("serial manager ping, median / p99", lambda r: fmt(r["ping_serial"]))
+    row("floor: N concurrent task calls, median / p99", lambda r: fmt(r["floor_tasks"]))
+    row("floor: N concurrent bare WAMP calls, median / p99", lambda r: fmt(r["floor_bare"]))
+    row("manager start, median / p99", lambda r: fmt(r["start"]))
+    row("manager stop, median / p99", lambda r: fmt(r["stop"]))
+    row("serial manager start, median / p99", lambda r: fmt(r["start_serial"]))
+    row("ping: manager / floor (tasks)",
+        lambda r: f"{median(r['ping']) / median(r['floor_tasks']):.2f}x")
+    row("ping: manager / floor (bare)",
+        lambda r: f"{median(r['ping']) / median(r['floor_bare']):.2f}x")
+    row("ping: serial / manager",
+        lambda r: f"{median(r['ping_serial']) / median(r['ping']):.2f}x")
+    row("start: serial / manager",
+        lambda r: f"{median(r['start_serial']) / median(r['start']):.2f}x")
+    if one:
+        row("ping: manager at N / manager at N=1",
+            lambda r: f"{median(r['ping']) / median(one['ping']):.2f}x")
+        row("start: manager at N / manager at N=1",
+            lambda r: f"{median(r['start']) / median(one['start']):.2f}x")
+    row("start spread for one \"now\", median / max",
+        lambda r: (f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms"
+                   if r["spread"] else "n/a"))
+    row("actual start after scheduled, median / p99", lambda r: fmt(r["late"]))
+    row("recordings missed", lambda r: str(r["missed"]))
+    row("agents start / stop (all together)",
+        lambda r: f"{r['start_s']:.1f} / {r['stop_s']:.1f} s")
+    row("load average (1 min) before / after",
+        lambda r: f"{r['load_before']:.1f} / {r['load_after']:.1f}")
+    title = (f"{'Quick run. ' if args.quick else ''}{ping_reps} pings and {ss_reps} "
+             "start/stop pairs per manager; recorders, managers and the hub share the "
+             "machine.")
+    emit(rst_table(["what"] + [f"N = {r['n']}" for r in results], rows, title),
+         DOCS if args.write_docs else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The manager's rules: shaping fan-out answers, and aggregating the pipelines' monitoring.
+
+No OCS or Twisted here.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+# ocs's response codes (ocs.base.ResponseCode), kept here so this module needs no ocs.
+OK, ERROR, TIMEOUT = 0, -1, 1
+
+SUCCESS, FAILED, TIMED_OUT = "success", "error", "timeout"
+BAD_SUMMARIES = ("booting", "shutdown", "error")
+
+
+def _op_message(session: Mapping[str, Any]) -> str:
+    """The message an operation returned (the last one that is not a status change)."""
+    for _, text in reversed(session.get("messages") or []):
+        if not str(text).startswith("Status is now"):
+            return str(text)
+    return ""
+
+
+def classify_start(reply: Sequence) -> Optional[dict]:
+    """The result of a refused ``start`` request (access, parameters, busy), or None."""
+    code, message, _session = reply
+    if code == OK:
+        return None
+    return {"status": FAILED, "response": str(message)}
+
+
+def classify_wait(reply: Sequence, timeout: float) -> dict:
+    """The result of one pipeline from its operation's ``wait`` reply."""
+    code, message, session = reply
+    if code == TIMEOUT:
+        return {"status": TIMED_OUT,
+                "response": f"no answer within {timeout:g} s (operation still running)"}
+    if code != OK:
+        return {"status": FAILED, "response": str(message)}
+    if session.get("success"):
+        data = session.get("data") or {}
+        return {"status": SUCCESS, "response": data.get("response", data)}
+    return {"status": FAILED, "response": _op_message(session) or str(message)}
+
+
+def classify_exception(error: str, text: str, timeout: float) -> dict:
+    """The result of one pipeline whose call raised.
+
+    Args:
+        error: the WAMP error URI (``wamp.error.no_such_procedure``...) or the exception
+            class name (``TimeoutError``, ``CancelledError``).
+        text: its message.
+    """
+    if error == "wamp.error.no_such_procedure":
+        return {"status": TIMED_OUT,
+                "response": "no answer: not registered on the hub (agent not running)"}
+    if error in ("TimeoutError", "CancelledError"):
+        return {"status": TIMED_OUT, "response": f"no answer within {timeout:g} s"}
+    return {"status": FAILED, "response": f"{error}: {text}" if text else error}
+
+
+def overall(command: str, results: Mapping[str, dict]) -> tuple[bool, str]:
+    """The manager task's outcome: success only when every pipeline succeeded."""
+    if not results:
+        return False, f"{command}: no pipelines to send it to"
+    failed = {pid: r["status"] for pid, r in results.items() if r["status"] != SUCCESS}
+    if not failed:
+        return True, f"{command}: all {len(results)} pipelines succeeded"
+    names = ", ".join(f"{pid} ({status})" for pid, status in sorted(failed.items()))
+    return False, f"{command}: {len(failed)} of {len(results)} pipelines failed: {names}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping[str, Any]],
+                         now: float, stale_after: float,
+                         previous: Optional[Mapping[str, Any]] = None,
+                         cleared_hold: float = 60.0, started: Optional[float] = None) -> dict:
+    """The manager's monitoring points, by the reference's precedence rules.
+
+    Args:
+        pipelines: the pipelines the manager is responsible for.
+        reports: pipeline id -> its latest monitoring points, with ``received`` (when the
+            manager got them, same clock as ``now``).
+        stale_after: seconds without an update after which a pipeline counts as timed out.
+        previous: the previous result, for the note when a condition clears.
+        cleared_hold: seconds the ``normal`` info keeps naming the condition that cleared.
+        started: when the manager started: a pipeline it has not heard from yet counts as
+            ``booting`` until ``stale_after`` seconds after that, then as timed out.
+
+    Rules: ``error`` if any pipeline has not updated within ``stale_after`` (or never);
+    else ``error`` if any is booting, shutdown or error; else ``warning`` if any warns;
+    else ``normal``, with a note naming the condition that cleared (kept for
+    ``cleared_hold`` seconds).
+    """
+    per: dict[str, dict] = {}
+    stale: list[str] = []
+    for pid in pipelines:
+        r = reports.get(pid)
+        age = None if r is None else max(0.0, now - r["received"])
+        waiting = r is None and started is not None and now - started <= stale_after
+        if (r is None and not waiting) or (age is not None and age > stale_after):
+            stale.append(pid)
+        per[pid] = {"summary": r.get("summary", "") if r else ("booting" if waiting else ""),
+                    "info": r.get("info", "") if r else ("no report yet" if waiting
+                                                         else "never reported"),
+                    "op_type": r.get("op_type", "") if r else "",
+                    "op_tag": r.get("op_tag", "") if r else "",
+                    "age_s": None if age is None else round(age, 3),
+                    "stale": pid in stale}
+    fresh = [pid for pid in pipelines if pid not in stale]
+    bad = [pid for pid in fresh if per[pid]["summary"] in BAD_SUMMARIES]
+    warn = [pid for pid in fresh if per[pid]["summary"] == "warning"]
+    if not pipelines:
+        summary, info = "error", "no pipelines known"
+    elif stale:
+        summary = "error"
+        info = (f"{_plural(len(stale), 'pipeline')} ha{'s' if len(stale) == 1 else 've'} "
+                f"not updated in {stale_after:g} s: {', '.join(stale)}")
+    elif bad:
+        summary = "error"
+        info = "; ".join(f"{pid}={per[pid]['summary']}: {per[pid]['info']}" for pid in bad)
+    elif warn:
+        summary = "warning"
+        info = "; ".join(f"{pid}={per[pid]['info']}" for pid in warn)
+    else:
+        summary = "normal"
+        info = f"all {_plural(len(pipelines), 'pipeline')} normal"
+    cleared, cleared_at = "", None
+    if summary == "normal" and previous:
+        if previous.get("summary") not in (None, "normal"):
+            cleared, cleared_at = f"{previous['summary']}: {previous.get('info', '')}", now
+        elif previous.get("cleared") and now - previous["cleared_at"] < cleared_hold:
+            cleared, cleared_at = previous["cleared"], previous["cleared_at"]
+    if cleared:
+        info += f" (cleared: {cleared})"
+    kinds = {"recording": 0, "waiting": 0, "idle": 0}
+    for pid in fresh:
+        kind = per[pid]["op_type"]
+        kinds[kind if kind in kinds else "idle"] += 1
+    if not stale and kinds["recording"] == len(pipelines):
+        op_type = "recording"
+    elif not stale and kinds["idle"] == len(pipelines):
+        op_type = "idle"
+    else:
+        parts = [f"{n} {k}" for k, n in kinds.items() if n or k != "waiting"]
+        op_type = "; ".join(parts + [f"{len(stale)} timed out"])
+    op_tag = "; ".join(per[pid]["op_tag"] for pid in pipelines if per[pid]["op_tag"])
+    return {"timestamp": now, "summary": summary, "info": info, "op_type": op_type,
+            "op_tag": op_tag, "n_pipelines": len(pipelines), "n_stale": len(stale),
+            "cleared": cleared, "cleared_at": cleared_at, "pipelines": per}

@@ -1,0 +1,368 @@
+"""The recording pipeline: follows the schedule, integrates, hands files to a writer thread.
+
+No OCS or Twisted here: the agent drives a :class:`RecordingEngine` and reads its
+:meth:`~RecordingEngine.status`. Two threads: the recording thread wakes at integration
+boundaries and on schedule changes; the writer thread writes, renames and registers files,
+so a slow disk or a locked database never delays an integration.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from ...timeutil import utc_iso, utc_stamp
+from .correlator import SimulatedCorrelator
+from .schedule import (DEFAULT_NOW_LEAD_S, RECORDING, SCHEDULED, Operation, Schedule,
+                       request_time)
+from .writer import FileChunk, VisibilityWriter, WriteError
+
+SUMMARIES = ("booting", "normal", "warning", "error", "shutdown")
+RATE_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    mode: str
+    pipeline_id: str
+    integration_time: float
+    integrations_per_file: int
+    disk_warning_pct: float = 95.0
+    disk_error_pct: float = 99.0
+    now_lead: float = DEFAULT_NOW_LEAD_S
+
+
+def pipeline_summary(state: str, thread_error: str, write_error: str, disk_used_pct: float,
+                     warning_pct: float, error_pct: float, activity: str) -> tuple[str, str]:
+    """Summary and info of one pipeline, by the reference's rules (worst condition wins).
+
+    Args:
+        state: ``booting``, ``running`` or ``shutdown``.
+        thread_error: why a worker thread died ("" while they run).
+        write_error: why the last file could not be written, moved or registered ("" if the
+            last one was).
+        disk_used_pct: how full the data disk is.
+        warning_pct, error_pct: thresholds, in percent used (warning above the first, error
+            above the second).
+        activity: what the pipeline does, for the ``normal`` info.
+    """
+    if state == "booting":
+        return "booting", "starting up"
+    if state == "shutdown":
+        return "shutdown", "shutting down"
+    if thread_error:
+        return "error", thread_error
+    if write_error:
+        return "error", write_error
+    if disk_used_pct > error_pct:
+        return "error", f"data disk {disk_used_pct:.1f}% full (error above {error_pct:g}%)"
+    if disk_used_pct > warning_pct:
+        return "warning", (f"data disk {disk_used_pct:.1f}% full (warning above "
+                           f"{warning_pct:g}%)")
+    return "normal", activity
+
+
+class RecordingEngine:
+    """One visibility recording pipeline.
+
+    Args:
+        schedule: the persisted schedule.
+        writer: writes and registers files.
+        correlator: the source of visibilities.
+        config: mode, pipeline id, integration time, file size, thresholds.
+        log: ``log(level, text)`` with level ``info``, ``warn`` or ``error``.
+        clock: unix time source.
+    """
+
+    def __init__(self, schedule: Schedule, writer: VisibilityWriter,
+                 correlator: SimulatedCorrelator, config: EngineConfig,
+                 log: Callable[[str, str], None] = lambda level, text: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.schedule = schedule
+        self.writer = writer
+        self.correlator = correlator
+        self.config = config
+        self.log = log
+        self.clock = clock
+        self.state = "booting"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._jobs: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self.thread_error = ""
+        self.write_error = ""
+        self.last_error = ""
+        self.files_written = 0
+        self.bytes_written = 0
+        self.write_errors = 0
+        self.last_file = ""
+        self.resume_note = ""
+        self._recent: collections.deque = collections.deque()
+        self._files_per_op: dict[int, int] = {}
+        self._next_index: dict[int, int] = {}
+
+    # ---- requests (any thread) -----------------------------------------------------------
+
+    def request_start(self, params: Mapping[str, Any], now: Optional[float] = None) -> dict:
+        """Schedule a recording; the answer names its directory (raises ScheduleError)."""
+        now = self.clock() if now is None else now
+        rt = request_time(params, "start", now, self.config.now_lead)
+        tag = f"{utc_stamp(rt.t)}_{self.config.mode}_{self.config.pipeline_id}"
+        op = self.schedule.add_start(rt.t, now, tag)
+        self.wake()
+        self.log("info", f"scheduled recording {op.describe()}")
+        return self._answer(op, rt)
+
+    def request_stop(self, params: Mapping[str, Any], now: Optional[float] = None) -> dict:
+        """End the recording active at the stop time at that time (raises ScheduleError)."""
+        now = self.clock() if now is None else now
+        rt = request_time(params, "stop", now, self.config.now_lead)
+        op = self.schedule.add_stop(rt.t, now)
+        self.wake()
+        self.log("info", f"recording {op.tag} will stop at {utc_iso(rt.t)}")
+        return self._answer(op, rt)
+
+    def _answer(self, op: Operation, rt) -> dict:
+        return {"response": self.writer.recording_dir(op.tag), "tag": op.tag,
+                "operation": op.as_dict(), "mjd": rt.mjd, "mpm": rt.mpm,
+                "requested_time": rt.t}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- threads -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        os.makedirs(self.writer.data_dir, exist_ok=True)
+        for target, name in ((self._record_loop, "recording"), (self._write_loop, "writer")):
+            t = threading.Thread(target=self._guard(target, name), name=name, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _guard(self, target, name):
+        def run():
+            try:
+                target()
+            except Exception as e:
+                self.thread_error = f"{name} thread died: {e!r}"
+                self.log("error", f"{self.thread_error}\n{traceback.format_exc()}")
+        return run
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Stop recording (an open recording stays scheduled and resumes at the next start)
+        and wait until the files already integrated are written. True when all were."""
+        self.state = "shutdown"
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0 and self._wake.wait(seconds):
+            self._wake.clear()
+
+    def _record_loop(self) -> None:
+        self._recover()
+        self.state = "running"
+        while not self._stop.is_set():
+            now = self.clock()
+            op = self.schedule.current(now)
+            if op is None:
+                self._close_missed(now)
+                nxt = self.schedule.next_start(now)
+                self._wait(min(nxt.start - now, 3600.0) if nxt else 3600.0)
+                continue
+            resuming = op.state == RECORDING
+            if not resuming:
+                op = self.schedule.mark_recording(op.id, now)
+                late = now - op.start
+                self.log("info", f"recording {op.tag} started {late * 1e3:.1f} ms after its "
+                         "scheduled time")
+            self._record(op, resuming)
+        self._jobs.put(None)
+
+    def _close_missed(self, now: float) -> None:
+        """Close scheduled operations whose whole span passed before the thread woke."""
+        for op in self.schedule.operations(open_only=True):
+            if op.state == SCHEDULED and op.end <= now:
+                self.schedule.mark_finished(op.id, now, failed=True,
+                                            note="missed: it ended before recording began")
+                self.log("warn", f"recording {op.tag} missed: it ended before recording began")
+
+    def _recover(self) -> None:
+        """After a restart: resume recordings that should be running, close the others."""
+        now = self.clock()
+        for op in self.schedule.operations(open_only=True):
+            if op.end <= now:
+                note = "ended while the agent was down"
+                self.schedule.mark_finished(op.id, op.stop, failed=op.state == SCHEDULED,
+                                            note=note if op.state == RECORDING
+                                            else "missed while the agent was down")
+                self.log("warn", f"recording {op.tag}: {note}")
+            elif op.state == RECORDING:
+                lost = self.writer.leftover_temporaries(op.tag)
+                for path in lost:
+                    os.remove(path)
+                note = (f"resumed after a restart at {utc_iso(now)}"
+                        + (f"; {len(lost)} incomplete file(s) discarded" if lost else ""))
+                self.schedule.mark_resumed(op.id, note)
+                self.resume_note = f"{op.tag}: {note}"
+                self.log("warn", f"recording {op.tag} {note}")
+
+    def _first_index(self, op: Operation) -> int:
+        index = op.files
+        pattern = re.compile(re.escape(op.tag) + r"_(\d+)\.h5$")
+        try:
+            for name in os.listdir(self.writer.recording_dir(op.tag)):
+                m = pattern.match(name)
+                if m:
+                    index = max(index, int(m.group(1)) + 1)
+        except FileNotFoundError:
+            pass
+        return index
+
+    def _record(self, op: Operation, resuming: bool) -> None:
+        """Integrate ``op`` until it ends or the engine stops."""
+        T = self.config.integration_time
+        per_file = self.config.integrations_per_file
+        k = math.ceil((self.clock() - op.start) / T - 1e-9) if resuming else 0
+        self._files_per_op.setdefault(op.id, op.files)
+        self._next_index[op.id] = self._first_index(op)
+        times: list[float] = []
+        chunks: list[np.ndarray] = []
+        while not self._stop.is_set():
+            t0 = op.start + k * T
+            t1 = t0 + T
+            if t1 > op.end + 1e-9:
+                break
+            while not self._stop.is_set():
+                left = t1 - self.clock()
+                if left <= 0:
+                    break
+                self._wait(left)
+                op = self.schedule.get(op.id)  # a stop may have been scheduled meanwhile
+                if t1 > op.end + 1e-9:
+                    break
+            if self._stop.is_set() or t1 > op.end + 1e-9:
+                break
+            times.append(t0)
+            chunks.append(self.correlator.integrate(t0, T))
+            k += 1
+            if len(times) == per_file:
+                self._submit(op, times, chunks)
+                times, chunks = [], []
+        if times:
+            self._submit(op, times, chunks)
+        # An integration cut by the stop time is not kept; the recording still ends then.
+        while not self._stop.is_set() and self.clock() < op.end:
+            self._wait(op.end - self.clock())
+            op = self.schedule.get(op.id)
+        if not self._stop.is_set():
+            self.schedule.mark_finished(op.id, self.clock())
+            self.log("info", f"recording {op.tag} ended at {utc_iso(op.end)}")
+
+    def _submit(self, op: Operation, times: list, chunks: list) -> None:
+        index = self._next_index[op.id]
+        self._next_index[op.id] = index + 1
+        chunk = FileChunk(tag=op.tag, index=index, times=np.asarray(times, dtype=np.float64),
+                          data=np.stack(chunks, axis=0),
+                          frequencies=self.correlator.frequencies,
+                          baselines=self.correlator.baselines, recording_start=op.start)
+        self._jobs.put((op.id, chunk))
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            op_id, chunk = job
+            try:
+                written = self.writer.write(chunk)
+            except WriteError as e:
+                self.write_errors += 1
+                self.write_error = self.last_error = f"file write failed: {e}"
+                self.log("error", self.write_error)
+                continue
+            self.write_error = ""
+            self.files_written += 1
+            self.bytes_written += written.nbytes
+            self.last_file = written.path
+            now = self.clock()
+            self._recent.append((now, written.nbytes))
+            n = self._files_per_op.get(op_id, 0) + 1
+            self._files_per_op[op_id] = n
+            self.schedule.mark_files(op_id, n)
+
+    # ---- monitoring ----------------------------------------------------------------------
+
+    def data_rate(self, now: float) -> float:
+        """Bytes per second written over the last minute."""
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
+            self._recent.popleft()
+        return sum(n for _, n in self._recent) / RATE_WINDOW_S
+
+    def status(self) -> dict:
+        """The monitoring points (blocking: reads the schedule and the disk)."""
+        now = self.clock()
+        current = self.schedule.current(now)
+        upcoming = self.schedule.next_start(now)
+        if current is not None and current.state == RECORDING:
+            op_type, op_tag = "recording", current.tag
+            activity = f"recording {current.tag}"
+        elif current is not None or upcoming is not None:
+            nxt = current or upcoming
+            op_type, op_tag = "waiting", nxt.tag
+            activity = f"waiting to record {nxt.tag} at {utc_iso(nxt.start)}"
+        else:
+            op_type, op_tag, activity = "idle", "", "idle"
+        try:
+            disk = shutil.disk_usage(self.writer.data_dir)
+            size, free = disk.total, disk.free
+            used_pct = 100.0 * (disk.total - disk.free) / disk.total if disk.total else 0.0
+            disk_error = ""
+        except OSError as e:
+            size = free = 0
+            used_pct = 0.0
+            disk_error = f"data directory {self.writer.data_dir}: {e.strerror or e}"
+        thread_error = self.thread_error
+        if not thread_error and self.state == "running" and not self.alive():
+            thread_error = "a recording thread is not running"
+        summary, info = pipeline_summary(
+            self.state, thread_error or disk_error, self.write_error, used_pct,
+            self.config.disk_warning_pct, self.config.disk_error_pct, activity)
+        if summary == "normal" and current is not None and current.note:
+            info = f"{info} ({current.note})"
+        return {
+            "timestamp": now,
+            "mode": self.config.mode,
+            "pipeline_id": self.config.pipeline_id,
+            "summary": summary,
+            "info": info,
+            "op_type": op_type,
+            "op_tag": op_tag,
+            "disk_size": int(size),
+            "disk_free": int(free),
+            "disk_used_pct": round(used_pct, 2),
+            "files_written": self.files_written,
+            "bytes_written": self.bytes_written,
+            "write_errors": self.write_errors,
+            "last_file": self.last_file,
+            "last_error": self.last_error,
+            "data_rate": round(self.data_rate(now), 1),
+            "resumed": self.resume_note,
+        }
