@@ -5,7 +5,7 @@ import datetime
 import os
 import platform
 import statistics
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -37,3 +37,15 @@ def emit(text: str, docs_file: Optional[str]) -> None:
         with open(docs_file, "w") as f:
             f.write(text)
         print(f"(written to {docs_file})")
+
+
+def run_scenario(scenario: Callable[[], dict], name: str, site) -> dict:
+    """Run one scenario; a failure becomes its row (and kills the site's agents), so one
+    failed scenario never hides the others."""
+    try:
+        return scenario()
+    except Exception as e:
+        for agent in list(site.agents):
+            agent.kill()
+            site.agents.remove(agent)
+        return {name: f"failed: {type(e).__name__}: {e}"[:200]}

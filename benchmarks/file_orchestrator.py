@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit, median, percentile, rst_table  # noqa: E402
+from _report import emit, median, percentile, rst_table, run_scenario  # noqa: E402
 
 from socs_agents.sim.dune import DuneWriter, OrchestratorClient  # noqa: E402
 from socs_agents.testing import AgentProcess, LocalSite, free_port, wait_for  # noqa: E402
@@ -253,13 +253,7 @@ def main() -> None:
         for name in wanted:
             bench = Bench(site, os.path.join(tmp, name))
             t0 = time.monotonic()
-            try:
-                out = globals()[f"sc_{name}"](bench, args.quick)
-            except Exception as e:  # one failed scenario must not hide the others
-                out = {name: f"failed: {type(e).__name__}: {e}"[:200]}
-                for agent in list(site.agents):
-                    agent.kill()
-                    site.agents.remove(agent)
+            out = run_scenario(lambda: globals()[f"sc_{name}"](bench, args.quick), name, site)
             results.update(out)
             print(f"{name} ({time.monotonic() - t0:.0f} s): {out}", flush=True)
     targets = {

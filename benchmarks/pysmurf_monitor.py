@@ -23,7 +23,7 @@ import time
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit, median, percentile, rst_table  # noqa: E402
+from _report import emit, median, percentile, rst_table, run_scenario  # noqa: E402
 
 from socs_agents.agents.pysmurf_monitor.agent import kernel_udp_rcvbuf_errors  # noqa: E402
 from socs_agents.sim.smurf import SmurfSimulator  # noqa: E402
@@ -292,13 +292,8 @@ def main() -> None:
             for kind in kinds:
                 bench = Bench(site, kind, pythons[kind], os.path.join(tmp, name))
                 t0 = time.monotonic()
-                try:
-                    out = globals()[f"sc_{name}"](bench, args.quick)
-                except Exception as e:  # one failed scenario must not hide the others
-                    out = {name: f"failed: {type(e).__name__}: {e}"[:200]}
-                    for agent in list(site.agents):
-                        agent.kill()
-                        site.agents.remove(agent)
+                out = run_scenario(lambda: globals()[f"sc_{name}"](bench, args.quick), name,
+                                   site)
                 results[kind].update(out)
                 print(f"[{kind}] {name} ({time.monotonic() - t0:.0f} s): {out}", flush=True)
 

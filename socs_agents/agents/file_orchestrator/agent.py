@@ -17,12 +17,13 @@ from typing import Optional
 from ocs import ocs_agent, site_config
 from twisted.internet import reactor, task, threads
 
+from ...argtypes import str2bool
 from .discovery import Discovery
 from .http_api import (DEFAULT_TEMP_SUFFIXES, BadRequest, OrchestratorAPI,
                        OrchestratorResource, OrchestratorSite, complete_args, new_file_args,
                        read_next_args, remove_file_args)
 from .layout import FileLayout
-from .options import env_debug, remote_path_for, str2bool
+from .options import env_debug, remote_path_for
 from .state import RECORD_TYPES, TRIGGER_RECORD, FileInfo, State
 
 COUNTS_FEED = "orchestrator_counts"

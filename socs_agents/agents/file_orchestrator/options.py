@@ -1,7 +1,6 @@
 """Small rules of the agent's options, with no OCS or Twisted imports (testable anywhere)."""
 from __future__ import annotations
 
-import argparse
 import os
 
 DEBUG_ENV = "ORCHESTRATOR_FLASK_DEBUG"
@@ -13,17 +12,6 @@ def env_debug(environ=os.environ) -> bool:
         return int(environ.get(DEBUG_ENV, "0") or 0) > 0
     except ValueError:
         return False
-
-
-def str2bool(text) -> bool:
-    if isinstance(text, bool):
-        return text
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def remote_path_for(path: str, volumes: list[str]) -> str:

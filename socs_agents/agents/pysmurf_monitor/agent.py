@@ -11,12 +11,13 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Any, Optional
+from typing import Optional
 
 from ocs import ocs_agent, ocs_feed, site_config
 from twisted.internet import reactor, threads, udp
 from twisted.internet.protocol import DatagramProtocol
 
+from ...argtypes import str2bool
 from ...db.suprsync import SupRsyncDB
 from .journal import Journal, default_journal_dir
 from .messages import (REJECT_REASONS, FileAnnouncement, Ignored, MetadataMessage, Rejected,
@@ -28,17 +29,6 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 STATS_FEED = "monitor_stats"
 #: After reading what the socket holds, the reactor rests this long before reading again.
 REST_SECONDS = 0.001
-
-
-def _str2bool(text: Any) -> bool:
-    if isinstance(text, bool):
-        return text
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def kernel_udp_rcvbuf_errors() -> Optional[int]:
@@ -343,7 +333,7 @@ def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.Ar
                         help="Socket receive buffer to ask for, in bytes. Without root or "
                         "CAP_NET_ADMIN the kernel grants at most twice net.core.rmem_max; "
                         "the log and session.data say what was granted.")
-    pgroup.add_argument("--create-table", type=_str2bool, default=True,
+    pgroup.add_argument("--create-table", type=str2bool, default=True,
                         help="Create the SupRsync tables if they do not exist.")
     pgroup.add_argument("--db-path", type=str, default="/data/so/databases/suprsync.db",
                         help="Path to the SupRsync sqlite database.")
