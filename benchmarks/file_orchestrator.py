@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
