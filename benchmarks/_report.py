@@ -49,3 +49,18 @@ def run_scenario(scenario: Callable[[], dict], name: str, site) -> dict:
             agent.kill()
             site.agents.remove(agent)
         return {name: f"failed: {type(e).__name__}: {e}"[:200]}
+
+
+def read_rst_table(path: str) -> tuple[str, list[list[str]]]:
+    """The first line and the rows (header first) of a table written by :func:`rst_table`."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=") and set(line) <= {"=", " "}]
+    spans, pos = [], 0
+    for segment in lines[rules[0]].split("  "):
+        spans.append((pos, pos + len(segment)))
+        pos += len(segment) + 2
+    cut = lambda line: [line[a:b if i < len(spans) - 1 else None].strip()  # noqa: E731
+                        for i, (a, b) in enumerate(spans)]
+    rows = [cut(lines[rules[0] + 1])] + [cut(line) for line in lines[rules[1] + 1:rules[2]]]
+    return lines[0], rows

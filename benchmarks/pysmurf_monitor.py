@@ -23,7 +23,8 @@ import time
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit, median, percentile, rst_table, run_scenario  # noqa: E402
+from _report import (emit, median, percentile, read_rst_table, rst_table,  # noqa: E402
+                     run_scenario)
 
 from socs_agents.agents.pysmurf_monitor.agent import kernel_udp_rcvbuf_errors  # noqa: E402
 from socs_agents.sim.smurf import SmurfSimulator  # noqa: E402
@@ -111,14 +112,21 @@ class Bench:
         return self.site.start_agent(iid, python=self.python)
 
 
+#: ext4 allows 65,000 links to one file; start a new base file well before that.
+LINKS_PER_BASE = 50_000
+
+
 def mass_files(sim: SmurfSimulator, n: int) -> list[tuple[str, bytes]]:
-    """``n`` distinct announced files cheaply: hard links to one small real file."""
-    base, dg = sim.data_file(fmt="txt")
-    out = [(base, dg)]
+    """``n`` distinct announced files cheaply: hard links to a few small real files."""
     import json
-    payload = json.loads(dg)["payload"]
-    folder = os.path.dirname(base)
-    for i in range(n - 1):
+    out: list[tuple[str, bytes]] = []
+    for i in range(n):
+        if i % LINKS_PER_BASE == 0:
+            base, dg = sim.data_file(fmt="txt")
+            payload = json.loads(dg)["payload"]
+            folder = os.path.dirname(base)
+            out.append((base, dg))
+            continue
         path = os.path.join(folder, f"link_{i:07d}.txt")
         os.link(base, path)
         out.append((path, sim.envelope("data_file", dict(payload, path=path))))
@@ -279,6 +287,9 @@ def main() -> None:
     parser.add_argument("--socs-venv", default=os.path.join(
         os.path.expanduser("~"), ".cache", "socs-agents", f"socs-{SOCS_VERSION}-venv"))
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="re-measure the given scenarios and replace only their rows in "
+                        "the docs table (both implementations must run)")
     args = parser.parse_args()
     wanted = [s for s in args.scenarios.split(",") if s]
     kinds = [args.only] if args.only else ["ours", "socs"]
@@ -302,7 +313,17 @@ def main() -> None:
                          for k in kinds]
     rows = [[label] + [results[k].get(label, "-") for k in kinds] for label in labels]
     title = "Quick run." if args.quick else "Full run."
-    emit(rst_table(header, rows, title), DOCS if args.write_docs else None)
+    if args.update_docs:
+        first, old = read_rst_table(DOCS)
+        if old[0] != header:
+            raise SystemExit(f"--update-docs: the docs table has columns {old[0]}, not {header}")
+        fresh = {r[0]: r for r in rows}
+        kept = [fresh.pop(r[0], r) for r in old[1:] if r[0] not in wanted]
+        rows = kept + list(fresh.values())
+        title = (first.split(") ", 1)[1] if ") " in first else title) + (
+            f" Rows of {', '.join(wanted)} re-measured {time.strftime('%Y-%m-%d')}, both "
+            "implementations in one run.")
+    emit(rst_table(header, rows, title), DOCS if args.write_docs or args.update_docs else None)
 
 
 if __name__ == "__main__":

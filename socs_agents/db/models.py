@@ -49,8 +49,9 @@ class SupRsyncFile(Base):
         Index("ix_socs_agents_files_archive_timestamp", "archive_name", "timestamp"),
         # Our duplicate check: is (archive, local path, md5) known already?
         Index("ix_socs_agents_files_archive_local_path", "archive_name", "local_path"),
-        # Timecode dir updates select files by remote path prefix.
-        Index("ix_socs_agents_files_remote_path", "remote_path"),
+        # No index on remote_path: SupRsync selects a timecode dir's files with LIKE 'tc/%',
+        # which SQLite's default case-insensitive LIKE never answers from an index, so it
+        # would only slow every insert.
     )
 
     def as_dict(self) -> dict:
