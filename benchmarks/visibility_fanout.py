@@ -6,12 +6,18 @@ For each N (1, 8, 32; --quick: 1, 8), on a hub of its own: N VisibilityRecorder 
 VisibilityManager and the same manager with ``--serial``, all real processes. One WAMP
 session in this process (asyncio autobahn, in a thread) times, each over the same session:
 
-* manager ping and start/stop: the manager's OCS task (``start`` + ``wait``), which calls all
-  N recorders' tasks concurrently over its own WAMP session;
+* manager ping and start/stop: the manager's OCS task (``start``, then ``wait``, as any OCS
+  client calls it), which calls all N recorders' direct procedures concurrently over its own
+  WAMP session;
+* the manager's own fan-out time (from its log): from the first pipeline call to the last
+  answer, inside the manager;
 * the same through the serial manager;
-* floor (tasks): N concurrent calls of the recorders' ``ping`` task (``start`` + ``wait``)
-  from this session, i.e. what the manager does, without the manager;
-* floor (bare): N concurrent bare WAMP calls (each recorder's management procedure);
+* floor (bare): N concurrent bare WAMP calls (each recorder's management procedure, which
+  does no work) from this session: what the hub and the CPU allow;
+* floor (tasks): N concurrent calls of the recorders' ``ping`` OCS task (``start`` + ``wait``)
+  from this session;
+* N concurrent calls of the recorders' direct ``ping`` procedure from this session (what the
+  manager does, without the manager);
 * start spread: for each ``start_mjd="now"``, latest minus earliest actual start among the
   recorders (from their schedules).
 
@@ -22,17 +28,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, median, percentile, rst_table  # noqa: E402
 
 from socs_agents.agents.visibility_recorder.schedule import Schedule  # noqa: E402
-from socs_agents.testing import AgentProcess, LocalSite  # noqa: E402
+from socs_agents.testing import AgentProcess, LocalSite, WampCaller  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures",
                     "visibility_manager.rst")
@@ -41,34 +47,8 @@ POLICY = ["--access-policy", f"override:{PW2},bench-pw3"]
 LEAD = 0.3
 
 
-class WampCaller:
-    """One WAMP session in a thread; ``run(coro_fn)`` runs a coroutine on its loop."""
-
-    def __init__(self, site: LocalSite, timeout: float = 10.0) -> None:
-        from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        owner = self
-
-        class _Session(ApplicationSession):
-            async def onJoin(self, details):
-                owner.session = self
-                owner._ready.set()
-
-        runner = ApplicationRunner(site.settings.wamp_server, site.realm)
-
-        def serve():
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(runner.run(_Session, start_loop=False))
-            self.loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("benchmark WAMP session did not join")
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+class BenchCaller(WampCaller):
+    """The benchmark's WAMP session: OCS task calls as a client makes them, and timing."""
 
     async def task(self, iid: str, op: str, params=None, password=None):
         kw = {"password": password} if password else {}
@@ -84,10 +64,21 @@ class WampCaller:
         result = await make()
         return (time.perf_counter() - t0) * 1e3, result
 
-    def close(self):
-        self.loop.call_soon_threadsafe(self.session.leave)
-        time.sleep(0.2)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+
+FANOUT_LOG = re.compile(r"(\w+) to (\d+) pipelines in ([0-9.]+) ms")
+
+
+def fanout_times(agent: AgentProcess, offset: int, op: str) -> list[float]:
+    """The manager's own fan-out times for ``op`` (from its log, after ``offset`` bytes):
+    from its task starting the calls to the last pipeline's answer."""
+    with open(agent.log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return [float(m.group(3)) for m in FANOUT_LOG.finditer(text) if m.group(1) == op]
+
+
+def log_size(agent: AgentProcess) -> int:
+    return os.path.getsize(agent.log_path)
 
 
 def start_agents(site: LocalSite, ids) -> list[AgentProcess]:
@@ -128,7 +119,8 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
         agents = start_agents(site, rec_ids + ["mgr", "mgr-serial"])
         out["start_s"] = time.monotonic() - t0
         out["load_before"] = os.getloadavg()[0]
-        caller = WampCaller(site)
+        caller = BenchCaller(site)
+        mgr = agents[-2]
         try:
             w = caller
 
@@ -156,12 +148,21 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 return await asyncio.gather(*[w.session.call(f"observatory.{i}",
                                                              "get_agent_class")
                                               for i in rec_ids])
+            async def floor_direct():
+                return await asyncio.gather(*[w.session.call(f"observatory.{i}.direct",
+                                                             "ping", {})
+                                              for i in rec_ids])
             w.run(floor_tasks())
             w.run(floor_bare())
+            w.run(floor_direct())
+            offset = log_size(mgr)
             out["ping"] = series(lambda: w.task("mgr", "ping"), ping_reps)
+            time.sleep(0.2)  # the log line of the last call reaches the file
+            out["ping_inside"] = fanout_times(mgr, offset, "ping")[-ping_reps:]
             out["ping_serial"] = series(lambda: w.task("mgr-serial", "ping"), ping_reps)
             out["floor_tasks"] = series(floor_tasks, ping_reps)
             out["floor_bare"] = series(floor_bare, ping_reps)
+            out["floor_direct"] = series(floor_direct, ping_reps)
             client = site.client("mgr")
             ocs_ms = []
             for _ in range(ping_reps):
@@ -184,7 +185,10 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                     stops.append(ms)
                     time.sleep(LEAD + 0.1)
                 return starts, stops
+            offset = log_size(mgr)
             out["start"], out["stop"] = start_stop("mgr", ss_reps)
+            time.sleep(0.2)
+            out["start_inside"] = fanout_times(mgr, offset, "start")[-ss_reps:]
             out["start_serial"], out["stop_serial"] = start_stop("mgr-serial", ss_reps)
             out["load_after"] = os.getloadavg()[0]
         finally:
@@ -242,17 +246,26 @@ def main() -> None:
         rows.append([label] + [fn(r) for r in results])
 
     row("manager ping (WAMP), median / p99", lambda r: fmt(r["ping"]))
+    row("manager ping, fan-out inside the manager, median / p99",
+        lambda r: fmt(r["ping_inside"]))
     row("manager ping (OCSClient, HTTP), median / p99", lambda r: fmt(r["ping_ocsclient"]))
     row("serial manager ping, median / p99", lambda r: fmt(r["ping_serial"]))
     row("floor: N concurrent task calls, median / p99", lambda r: fmt(r["floor_tasks"]))
     row("floor: N concurrent bare WAMP calls, median / p99", lambda r: fmt(r["floor_bare"]))
+    row("N concurrent direct ping calls, median / p99", lambda r: fmt(r["floor_direct"]))
     row("manager start, median / p99", lambda r: fmt(r["start"]))
+    row("manager start, fan-out inside the manager, median / p99",
+        lambda r: fmt(r["start_inside"]))
     row("manager stop, median / p99", lambda r: fmt(r["stop"]))
     row("serial manager start, median / p99", lambda r: fmt(r["start_serial"]))
     row("ping: manager / floor (tasks)",
         lambda r: f"{median(r['ping']) / median(r['floor_tasks']):.2f}x")
     row("ping: manager / floor (bare)",
         lambda r: f"{median(r['ping']) / median(r['floor_bare']):.2f}x")
+    row("ping fan-out inside the manager / floor (bare)",
+        lambda r: f"{median(r['ping_inside']) / median(r['floor_bare']):.2f}x")
+    row("start: manager / floor (bare)",
+        lambda r: f"{median(r['start']) / median(r['floor_bare']):.2f}x")
     row("ping: serial / manager",
         lambda r: f"{median(r['ping_serial']) / median(r['ping']):.2f}x")
     row("start: serial / manager",
@@ -262,6 +275,8 @@ def main() -> None:
             lambda r: f"{median(r['ping']) / median(one['ping']):.2f}x")
         row("start: manager at N / manager at N=1",
             lambda r: f"{median(r['start']) / median(one['start']):.2f}x")
+        row("stop: manager at N / manager at N=1",
+            lambda r: f"{median(r['stop']) / median(one['stop']):.2f}x")
     row("start spread for one \"now\", median / max",
         lambda r: (f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms"
                    if r["spread"] else "n/a"))

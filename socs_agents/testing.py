@@ -269,3 +269,57 @@ class FeedSubscriber:
                 self._loop.call_later(0.2, self._loop.stop)
         self._loop.call_soon_threadsafe(leave)
         self._thread.join(timeout=5)
+
+
+class WampCaller:
+    """A plain WAMP session (asyncio autobahn) in a thread of its own, for calling procedures
+    from tests and benchmarks as any other client of the hub would.
+
+    ``call(uri, *args, **kwargs)`` waits for the answer; ``run(coroutine)`` runs a coroutine
+    on the session's loop (``self.session`` is the joined session) and returns its result.
+    """
+
+    def __init__(self, site: LocalSite, timeout: float = 10.0) -> None:
+        import asyncio
+        import threading
+
+        from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
+
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        owner = self
+
+        class _Session(ApplicationSession):
+            async def onJoin(self, details):
+                owner.session = self
+                owner._ready.set()
+
+        runner = ApplicationRunner(site.settings.wamp_server, site.realm)
+
+        def serve():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(runner.run(_Session, start_loop=False))
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="wamp-caller", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"WAMP session did not join within {timeout} s")
+
+    def run(self, coroutine, timeout: float = 120.0):
+        import asyncio
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def call(self, uri: str, *args, **kwargs):
+        async def one():
+            return await self.session.call(uri, *args, **kwargs)
+        return self.run(one())
+
+    def close(self) -> None:
+        def leave():
+            try:
+                self.session.leave()
+            finally:
+                self.loop.call_later(0.2, self.loop.stop)
+        self.loop.call_soon_threadsafe(leave)
+        self._thread.join(timeout=5)

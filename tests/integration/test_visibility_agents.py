@@ -9,7 +9,7 @@ import pytest
 from socs_agents.agents.visibility_recorder.schedule import DONE, RECORDING, Schedule
 from socs_agents.db import SupRsyncDB, md5_file
 from socs_agents.sim.sntp import SNTPResponder
-from socs_agents.testing import FeedSubscriber, wait_for
+from socs_agents.testing import FeedSubscriber, WampCaller, wait_for
 from socs_agents.timeutil import unix_to_mjd_mpm
 
 pytestmark = pytest.mark.integration
@@ -112,6 +112,35 @@ def test_ping_and_access_control(fleet):
     assert all(not ops for ops in map(fleet.schedule, RECORDERS))
     # The docstrings users read in OCSClient show the signature.
     assert fleet.client().start.start.__doc__.startswith("start(start_mjd=None")
+
+
+def test_direct_procedure_checks_credentials(fleet, site):
+    """The recorders' direct procedure (what the manager calls) refuses what the tasks
+    refuse: start, stop and sync need credential level 2 there too."""
+    caller = WampCaller(site)
+    uri = f"observatory.{RECORDERS[0]}.direct"
+    try:
+        for password in (None, "wrong", PW3[:-1]):
+            kw = {"password": password} if password else {}
+            for op, params in (("start", {"start_mjd": "now"}), ("stop", {"stop_mjd": "now"}),
+                               ("sync", {"server": "127.0.0.1"})):
+                reply = caller.call(uri, op, params, **kw)
+                assert reply["success"] is False, (op, password)
+                assert reply["message"].startswith(
+                    "The action requires credential level 2-ADVANCED but the client has "
+                    "only level 1-BASIC"), reply
+        assert caller.call(uri, "ping", {}) == {
+            "success": True, "message": "pong",
+            "data": {"response": "pong", "pipeline_id": RECORDERS[0], "mode": "fast",
+                     "timestamp": pytest.approx(time.time(), abs=5)}}
+        # With the level-2 password, the parameters are checked as the task checks them.
+        bad = caller.call(uri, "sync", {"server": "127.0.0.1", "port": 0}, password=PW2)
+        assert bad["success"] is False and "port" in bad["message"]
+        assert caller.call(uri, "abort", {}, password=PW3)["message"] == \
+            'No operation called "abort"'
+    finally:
+        caller.close()
+    assert all(not ops for ops in map(fleet.schedule, RECORDERS))
 
 
 def test_start_stop_files_registered_and_errors(fleet):

@@ -1,27 +1,21 @@
 """The manager's rules: fan-out answers and the monitoring precedence."""
 from socs_agents.agents.visibility_manager.aggregate import (
-    ERROR, OK, TIMEOUT, aggregate_monitoring, classify_exception, classify_start, classify_wait,
-    overall)
-
-DONE_OK = {"success": True, "data": {"response": "pong"},
-           "messages": [[1, "Status is now \"running\"."], [2, "pong"],
-                        [3, "Status is now \"done\"."]]}
-DONE_FAILED = {"success": False, "data": {},
-               "messages": [[1, "Status is now \"running\"."],
-                            [2, "Insufficient advanced notice: the start time ..."],
-                            [3, "Status is now \"done\"."]]}
+    aggregate_monitoring, classify_direct, classify_exception, overall)
 
 
 def test_classify_replies():
-    assert classify_start((OK, "Started task", {})) is None
-    assert classify_start((ERROR, "The action requires credential level 2-ADVANCED but the "
-                           "client has only level 1-BASIC", {})) == {
-        "status": "error", "response": "The action requires credential level 2-ADVANCED but "
-        "the client has only level 1-BASIC"}
-    assert classify_wait((OK, "", DONE_OK), 5) == {"status": "success", "response": "pong"}
-    assert classify_wait((OK, "", DONE_FAILED), 5) == {
+    assert classify_direct({"success": True, "message": "pong",
+                            "data": {"response": "pong", "mode": "slow"}}) == {
+        "status": "success", "response": "pong"}
+    assert classify_direct({"success": True, "message": "", "data": {"x": 1}}) == {
+        "status": "success", "response": {"x": 1}}
+    refused = ("The action requires credential level 2-ADVANCED but the client has only "
+               "level 1-BASIC")
+    assert classify_direct({"success": False, "message": refused, "data": {}}) == {
+        "status": "error", "response": refused}
+    assert classify_direct({"success": False, "message": "Insufficient advanced notice: the "
+                            "start time ...", "data": {}}) == {
         "status": "error", "response": "Insufficient advanced notice: the start time ..."}
-    assert classify_wait((TIMEOUT, "still running", {}), 5)["status"] == "timeout"
     assert classify_exception("wamp.error.no_such_procedure", "", 5) == {
         "status": "timeout", "response": "no answer: not registered on the hub (agent not "
         "running)"}

@@ -146,7 +146,8 @@ def test_engine_records_until_the_requested_stop(tmp_path):
         e.shutdown()
     op = sch.operations()[0]
     assert op.files == 4 and op.actual_stop >= stop_at - 0.06
-    assert op.actual_start - op.start < 0.1
+    # Woken early, then at the instant: never before it.
+    assert 0 <= op.actual_start - op.start < 0.1
     names = sorted(os.listdir(tmp_path / "data" / op.tag))
     assert names == [f"{op.tag}_{i:05d}.h5" for i in range(4)]
     n = [h5py.File(tmp_path / "data" / op.tag / name).attrs["n_integrations"]

@@ -1,7 +1,7 @@
 """VisibilityManager: drives every recording pipeline of one mode with one call.
 
 Commands are forwarded concurrently over the agent's own WAMP session (no HTTP, no serial
-loop) and answered with one aggregated result; the pipelines' monitoring feeds are followed
+loop), one call of each recorder's direct procedure per pipeline, and answered with one aggregated result; the pipelines' monitoring feeds are followed
 by subscription and summarised by :mod:`.aggregate`'s rules.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ocs import access, ocs_agent, site_config
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 
-from ..visibility_recorder.agent import CONTROL_PRIVS, STATUS_FEED
+from ..visibility_recorder.agent import CONTROL_PRIVS, DIRECT_PROCEDURE, STATUS_FEED
 from ..visibility_recorder.schedule import DEFAULT_NOW_LEAD_S, ScheduleError, request_time
 from . import aggregate
 
@@ -99,33 +99,15 @@ class VisibilityManager:
 
     # ---- fan-out -------------------------------------------------------------------------
 
-    @inlineCallbacks
-    def _call_pipeline(self, pid: str, op_name: str, params: dict):
-        uri = f"{self.root}.{pid}.ops"
+    def _call_pipeline(self, pid: str, op_name: str, params: dict) -> defer.Deferred:
+        # One WAMP call per pipeline: the recorder's direct procedure runs the task's checks
+        # (credential level, parameters) and work and answers at once, where the task would
+        # take a start and a wait and an OCS session.
         pw = self._password(pid)
         kw = {"password": pw} if pw else {}
-        # The wait is sent right behind the start, not after its answer: one round trip
-        # instead of two. If it overtook the start (another session's id), wait again.
-        d_start = self.agent.call(uri, "start", op_name, params, **kw)
-        d_wait = self.agent.call(uri, "wait", op_name, timeout=self.timeout, **kw)
-        waited = False
-        try:
-            reply = yield d_start
-            refused = aggregate.classify_start(reply)
-            if refused is not None:
-                return refused
-            session_id = (reply[2] or {}).get("session_id")
-            waited = True
-            result = yield d_wait
-            if (result[2] or {}).get("session_id") != session_id:
-                result = yield self.agent.call(uri, "wait", op_name, timeout=self.timeout,
-                                               **kw)
-            return aggregate.classify_wait(result, self.timeout)
-        finally:
-            if not waited:
-                d_wait.addErrback(lambda _failure: None)
-                if not d_wait.called:
-                    d_wait.cancel()
+        d = self.agent.call(f"{self.root}.{pid}.{DIRECT_PROCEDURE}", op_name, params, **kw)
+        d.addCallback(aggregate.classify_direct)
+        return d
 
     def _one(self, pid: str, op_name: str, params: dict) -> defer.Deferred:
         d = self._call_pipeline(pid, op_name, params)

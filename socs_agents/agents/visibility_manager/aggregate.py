@@ -6,41 +6,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-# ocs's response codes (ocs.base.ResponseCode), kept here so this module needs no ocs.
-OK, ERROR, TIMEOUT = 0, -1, 1
-
 SUCCESS, FAILED, TIMED_OUT = "success", "error", "timeout"
 BAD_SUMMARIES = ("booting", "shutdown", "error")
 
 
-def _op_message(session: Mapping[str, Any]) -> str:
-    """The message an operation returned (the last one that is not a status change)."""
-    for _, text in reversed(session.get("messages") or []):
-        if not str(text).startswith("Status is now"):
-            return str(text)
-    return ""
-
-
-def classify_start(reply: Sequence) -> Optional[dict]:
-    """The result of a refused ``start`` request (access, parameters, busy), or None."""
-    code, message, _session = reply
-    if code == OK:
-        return None
-    return {"status": FAILED, "response": str(message)}
-
-
-def classify_wait(reply: Sequence, timeout: float) -> dict:
-    """The result of one pipeline from its operation's ``wait`` reply."""
-    code, message, session = reply
-    if code == TIMEOUT:
-        return {"status": TIMED_OUT,
-                "response": f"no answer within {timeout:g} s (operation still running)"}
-    if code != OK:
-        return {"status": FAILED, "response": str(message)}
-    if session.get("success"):
-        data = session.get("data") or {}
+def classify_direct(reply: Mapping[str, Any]) -> dict:
+    """The result of one pipeline from its direct procedure's answer
+    (``{'success': bool, 'message': str, 'data': dict}``)."""
+    if reply.get("success"):
+        data = reply.get("data") or {}
         return {"status": SUCCESS, "response": data.get("response", data)}
-    return {"status": FAILED, "response": _op_message(session) or str(message)}
+    return {"status": FAILED, "response": str(reply.get("message", ""))}
 
 
 def classify_exception(error: str, text: str, timeout: float) -> dict:

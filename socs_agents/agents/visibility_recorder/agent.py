@@ -11,10 +11,10 @@ import os
 import threading
 import time
 import zlib
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from ocs import ocs_agent, site_config
-from twisted.internet import reactor, threads
+from ocs import access, ocs_agent, site_config
+from twisted.internet import defer, reactor, threads
 
 from ...db import SupRsyncDB
 from .correlator import SimulatedCorrelator
@@ -26,6 +26,13 @@ from .writer import VisibilityWriter
 STATUS_FEED = "visibility_status"
 #: Credential level needed by the operations that change state (start, stop, sync).
 CONTROL_PRIVS = 2
+#: The direct procedure, registered at ``<agent address>.<DIRECT_PROCEDURE>``: one WAMP call
+#: runs an operation's work and returns its answer, without an OCS session (see
+#: :meth:`VisibilityRecorder.direct`).
+DIRECT_PROCEDURE = "direct"
+
+#: An operation's outcome: (ok, message, session data).
+Outcome = tuple[bool, str, dict]
 
 MODE_DEFAULTS = {
     # mode: (integration time s, integrations per file, archive)
@@ -100,9 +107,12 @@ class VisibilityRecorder:
                 {'response': 'pong', 'pipeline_id': 'drvs-1', 'mode': 'slow',
                  'timestamp': 1700000000.0}
         """
-        session.data = {"response": "pong", "pipeline_id": self.pipeline_id,
-                        "mode": self.args.mode, "timestamp": time.time()}
-        return True, "pong"
+        ok, message, session.data = self._ping({})
+        return ok, message
+
+    def _ping(self, params: dict) -> Outcome:
+        return True, "pong", {"response": "pong", "pipeline_id": self.pipeline_id,
+                              "mode": self.args.mode, "timestamp": time.time()}
 
     @ocs_agent.param("timeout", default=2.0, type=float, check=lambda x: 0 < x <= 30)
     @ocs_agent.param("set_clock", default=False, type=bool)
@@ -131,24 +141,27 @@ class VisibilityRecorder:
                               'clock_set': False,
                               'clock_note': 'clock not set: setting it is not allowed ...'}}
         """
+        ok, message, session.data = self._sync(params)
+        return ok, message
+
+    def _sync(self, params: dict) -> Outcome:
+        """Blocking: waits for the NTP server's answer."""
         try:
             result = query(params["server"], params["port"], params["timeout"])
         except SNTPError as e:
-            session.data = {"response": {"synced": False, "error": str(e)}}
-            return False, str(e)
+            return False, str(e), {"response": {"synced": False, "error": str(e)}}
         answer = {"synced": True, **result.as_dict()}
         if params["set_clock"]:
             answer["clock_set"], answer["clock_note"] = set_clock(
                 result.offset_s, allowed=self.args.allow_set_clock)
         else:
             answer["clock_set"], answer["clock_note"] = False, "clock not set: not requested"
-        session.data = {"response": answer}
         self.log.info("sync with {server}: offset {offset:+.6f} s, delay {delay:.6f} s, "
                       "stratum {stratum}; {note}", server=result.server,
                       offset=result.offset_s, delay=result.delay_s, stratum=result.stratum,
                       note=answer["clock_note"])
         return True, (f"offset {result.offset_s:+.6f} s, delay {result.delay_s:.6f} s, "
-                      f"stratum {result.stratum}; {answer['clock_note']}")
+                      f"stratum {result.stratum}; {answer['clock_note']}"), {"response": answer}
 
     @_time_params
     @ocs_agent.param("start_mpm", default=None)
@@ -177,11 +190,16 @@ class VisibilityRecorder:
                                'start': 1795342515.0, 'stop': None, 'state': 'scheduled',
                                ...}}
         """
+        ok, message, session.data = self._start(params)
+        return ok, message
+
+    def _start(self, params: dict) -> Outcome:
+        """Blocking: writes the schedule (SQLite)."""
         try:
-            session.data = self.engine.request_start(params)
+            data = self.engine.request_start(params)
         except ScheduleError as e:
-            return False, str(e)
-        return True, f"recording scheduled: {session.data['tag']}"
+            return False, str(e), {}
+        return True, f"recording scheduled: {data['tag']}", data
 
     @_time_params
     @ocs_agent.param("stop_mpm", default=None)
@@ -205,11 +223,81 @@ class VisibilityRecorder:
                  'tag': '20261121_101515_slow_drvs-1', 'mjd': 61365, 'mpm': 36975000,
                  'requested_time': 1795342575.0, 'operation': {...}}
         """
+        ok, message, session.data = self._stop(params)
+        return ok, message
+
+    def _stop(self, params: dict) -> Outcome:
+        """Blocking: writes the schedule (SQLite)."""
         try:
-            session.data = self.engine.request_stop(params)
+            data = self.engine.request_stop(params)
         except ScheduleError as e:
-            return False, str(e)
-        return True, f"recording {session.data['tag']} will stop"
+            return False, str(e), {}
+        return True, f"recording {data['tag']} will stop", data
+
+    # ---- the direct procedure ------------------------------------------------------------
+
+    def _direct_work(self) -> dict[str, tuple[Callable[[dict], Outcome], bool]]:
+        """Operation name -> (its work, whether that work blocks)."""
+        return {"ping": (self._ping, False), "sync": (self._sync, True),
+                "start": (self._start, True), "stop": (self._stop, True)}
+
+    def direct(self, op_name: str, params: Optional[dict] = None,
+               password: Optional[str] = None) -> defer.Deferred:
+        """Run ``ping``, ``sync``, ``start`` or ``stop`` in one WAMP call, for the manager.
+
+        Registered at ``<agent address>.direct``. The same checks as the OCS task, in the
+        same order and with ocs's own code: the caller's credential level (from
+        ``password``, by the agent's access policy) against the task's ``min_privs``, then
+        the task's ``@ocs_agent.param`` validation; then the same work. No OCS session is
+        created: one round trip instead of ``start`` plus ``wait``, and nothing shows in
+        the task's ``status()``.
+
+        Returns (through the Deferred):
+            ``{'success': bool, 'message': str, 'data': dict}``: ``data`` is what the task
+            puts in ``session.data``; ``message`` is what it returns (or why the call was
+            refused).
+        """
+        def answer(outcome: Outcome) -> dict:
+            ok, message, data = outcome
+            return {"success": bool(ok), "message": message, "data": data}
+
+        work = self._direct_work().get(op_name)
+        op = self.agent.tasks.get(op_name)
+        if work is None or op is None:
+            return defer.succeed(answer((False, f'No operation called "{op_name}"', {})))
+        context = access.ActionContext(op_name=op_name, action="start")
+        level, detail = access.agent_get_creds(password, self.agent.access_config,
+                                               self.agent.access_config.agent, context)
+        if level < op.min_privs:
+            self.log.info("rejected underprivileged direct {op} request", op=op_name)
+            return defer.succeed(answer((False, access.agent_rejection_message(
+                level, op.min_privs, detail), {})))
+        prescreen = getattr(op.launcher, "_ocs_prescreen", None)
+        if prescreen is not None:
+            try:
+                params = ocs_agent.ParamHandler(params or {}).batch(prescreen)
+            except ocs_agent.ParamError as e:
+                return defer.succeed(answer((False, e.msg, {})))
+        func, blocking = work
+        # Blocking work (SQLite, the network) goes to the thread pool; ping stays on the
+        # reactor, like the task registered with blocking=False.
+        d = (threads.deferToThread(func, params or {}) if blocking
+             else defer.maybeDeferred(func, params or {}))
+        d.addCallback(answer)
+
+        def crashed(failure) -> dict:
+            self.log.error("direct {op} crashed: {f}", op=op_name, f=failure)
+            return answer((False, f"CRASH: {failure.value!r}", {}))
+        d.addErrback(crashed)
+        return d
+
+    def register_direct(self, session: Any, details: Any = None) -> defer.Deferred:
+        """Register :meth:`direct` on (every) join of the agent's WAMP session."""
+        uri = f"{self.agent.agent_address}.{DIRECT_PROCEDURE}"
+        d = defer.maybeDeferred(session.register, self.direct, uri)
+        d.addErrback(lambda f: self.log.error("could not register {uri}: {e}", uri=uri,
+                                              e=f.value))
+        return d
 
     # ---- monitoring ----------------------------------------------------------------------
 
@@ -322,6 +410,7 @@ def main(args: Optional[list] = None) -> None:
     agent.register_task("start", recorder.start, min_privs=CONTROL_PRIVS)
     agent.register_task("stop", recorder.stop, min_privs=CONTROL_PRIVS)
     agent.register_process("monitor", recorder.monitor, recorder._stop_monitor, startup=True)
+    agent.on("join", recorder.register_direct)
     recorder.engine.start()
     reactor.addSystemEventTrigger("before", "shutdown", recorder.shutdown)
     runner.run(agent, auto_reconnect=True)

@@ -29,6 +29,14 @@ from .writer import FileChunk, VisibilityWriter, WriteError
 
 SUMMARIES = ("booting", "normal", "warning", "error", "shutdown")
 RATE_WINDOW_S = 60.0
+#: The recording thread wakes this long before a scheduled start, then once more at it.
+PREWAKE_S = 0.05
+
+
+def _yield_cpu() -> None:
+    """Give the CPU to other runnable processes (once; no spinning)."""
+    if hasattr(os, "sched_yield"):
+        os.sched_yield()
 
 
 @dataclass(frozen=True)
@@ -179,13 +187,24 @@ class RecordingEngine:
     def _record_loop(self) -> None:
         self._recover()
         self.state = "running"
+        now = self.clock()
         while not self._stop.is_set():
-            now = self.clock()
             op = self.schedule.current(now)
             if op is None:
                 self._close_missed(now)
                 nxt = self.schedule.next_start(now)
-                self._wait(min(nxt.start - now, 3600.0) if nxt else 3600.0)
+                left = nxt.start - now if nxt else 3600.0
+                if left > PREWAKE_S:
+                    # Wake a little early: the schedule is read then, so the wake-up at the
+                    # start instant itself has nothing left to do but read the clock.
+                    self._wait(min(left - PREWAKE_S, 3600.0))
+                    now = self.clock()
+                else:
+                    self._wait(left)
+                    now = self.clock()
+                    # Many pipelines wake for the same instant on few cores: let the others
+                    # read the clock before this one does its bookkeeping (SQLite, logs).
+                    _yield_cpu()
                 continue
             resuming = op.state == RECORDING
             if not resuming:
@@ -194,6 +213,7 @@ class RecordingEngine:
                 self.log("info", f"recording {op.tag} started {late * 1e3:.1f} ms after its "
                          "scheduled time")
             self._record(op, resuming)
+            now = self.clock()
         self._jobs.put(None)
 
     def _close_missed(self, now: float) -> None:
