@@ -12,8 +12,12 @@ session in this process (asyncio autobahn, in a thread) times, each over the sam
 * the manager's own fan-out time (from its log): from the first pipeline call to the last
   answer, inside the manager;
 * the same through the serial manager;
-* floor (bare): N concurrent bare WAMP calls (each recorder's management procedure, which
-  does no work) from this session: what the hub and the CPU allow;
+* floor (agent): the manager's shape with none of its work: an OCS agent
+  (``_floor_agent.py``) whose ``ping`` task makes N concurrent bare WAMP calls (each
+  recorder's management procedure, which does no work) over its own session: what the hub
+  and the CPU allow. Its task round trip is the floor of the manager's; its fan-out, timed
+  inside it as the manager times its own, is the floor of the manager's fan-out;
+* floor (bare): the same N bare calls from this session;
 * floor (tasks): N concurrent calls of the recorders' ``ping`` OCS task (``start`` + ``wait``)
   from this session;
 * N concurrent calls of the recorders' direct ``ping`` procedure from this session (what the
@@ -30,6 +34,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,14 +86,25 @@ def log_size(agent: AgentProcess) -> int:
     return os.path.getsize(agent.log_path)
 
 
-def start_agents(site: LocalSite, ids) -> list[AgentProcess]:
-    agents = [AgentProcess(site, iid) for iid in ids]
+def start_agents(site: LocalSite, ids, extra=()) -> list[AgentProcess]:
+    agents = [AgentProcess(site, iid) for iid in ids] + list(extra)
     for a in agents:
         site.agents.append(a)
         a.start()
     for a in agents:
         a.wait_callable(120)
     return agents
+
+
+FLOOR_AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_floor_agent.py")
+
+
+def floor_agent(site: LocalSite, iid: str) -> AgentProcess:
+    """The floor agent (``_floor_agent.py``, not a plugin of the package) as a process."""
+    agent = AgentProcess(site, iid)
+    agent.cmd = [sys.executable, "-u", FLOOR_AGENT, "--instance-id", iid, *site.client_args,
+                 "--crossbar-timeout", "20"]
+    return agent
 
 
 def stop_agents(agents) -> None:
@@ -113,23 +129,18 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             ["--mode", "slow"], ["--pipelines", *rec_ids], ["--timeout", 10],
             ["--now-lead", LEAD], ["--recorder-password", PW2], ["--monitor-interval", 5],
             *extra, POLICY])
+    site.add_instance("BenchFloor", "floor", [["--targets", *rec_ids]])
     out: dict = {"n": n}
     with site:
         t0 = time.monotonic()
-        agents = start_agents(site, rec_ids + ["mgr", "mgr-serial"])
+        agents = start_agents(site, rec_ids + ["mgr", "mgr-serial"],
+                              [floor_agent(site, "floor")])
         out["start_s"] = time.monotonic() - t0
         out["load_before"] = os.getloadavg()[0]
         caller = BenchCaller(site)
-        mgr = agents[-2]
+        mgr, serial = agents[-3], agents[-2]
         try:
             w = caller
-
-            def series(make, reps):
-                times = []
-                for _ in range(reps):
-                    ms, _ = w.run(w.timed(make))
-                    times.append(ms)
-                return times
 
             def check_all(session):
                 data = session["data"]
@@ -155,14 +166,31 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             w.run(floor_tasks())
             w.run(floor_bare())
             w.run(floor_direct())
-            offset = log_size(mgr)
-            out["ping"] = series(lambda: w.task("mgr", "ping"), ping_reps)
-            time.sleep(0.2)  # the log line of the last call reaches the file
-            out["ping_inside"] = fanout_times(mgr, offset, "ping")[-ping_reps:]
-            out["ping_serial"] = series(lambda: w.task("mgr-serial", "ping"), ping_reps)
-            out["floor_tasks"] = series(floor_tasks, ping_reps)
-            out["floor_bare"] = series(floor_bare, ping_reps)
-            out["floor_direct"] = series(floor_direct, ping_reps)
+            for _ in range(3):
+                w.run(w.task("floor", "ping"))
+
+            async def floor_agent_task():
+                session = await w.task("floor", "ping")
+                return session["data"]["fan_out_ms"]
+
+            # Interleaved rounds: a drift in the machine's load hits every series alike.
+            kinds = {"ping": lambda: w.task("mgr", "ping"),
+                     "ping_serial": lambda: w.task("mgr-serial", "ping"),
+                     "floor_agent": floor_agent_task, "floor_bare": floor_bare,
+                     "floor_tasks": floor_tasks, "floor_direct": floor_direct}
+            for key in kinds:
+                out[key] = []
+            out["floor_agent_inside"] = []
+            offsets = log_size(mgr), log_size(serial)
+            for _ in range(ping_reps):
+                for key, make in kinds.items():
+                    ms, result = w.run(w.timed(make))
+                    out[key].append(ms)
+                    if key == "floor_agent":
+                        out["floor_agent_inside"].append(result)
+            time.sleep(0.2)  # the log lines of the last calls reach the files
+            out["ping_inside"] = fanout_times(mgr, offsets[0], "ping")[-ping_reps:]
+            out["ping_serial_inside"] = fanout_times(serial, offsets[1], "ping")[-ping_reps:]
             client = site.client("mgr")
             ocs_ms = []
             for _ in range(ping_reps):
@@ -171,25 +199,26 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 ocs_ms.append((time.perf_counter() - t1) * 1e3)
             out["ping_ocsclient"] = ocs_ms
 
-            def start_stop(mgr, reps):
-                starts, stops = [], []
-                for _ in range(reps):
-                    ms, s = w.run(w.timed(lambda: w.task(mgr, "start", {"start_mjd": "now"},
-                                                         PW2)))
-                    check_all(s)
-                    starts.append(ms)
-                    time.sleep(LEAD + 0.15)
-                    ms, s = w.run(w.timed(lambda: w.task(mgr, "stop", {"stop_mjd": "now"},
-                                                         PW2)))
-                    check_all(s)
-                    stops.append(ms)
-                    time.sleep(LEAD + 0.1)
-                return starts, stops
-            offset = log_size(mgr)
-            out["start"], out["stop"] = start_stop("mgr", ss_reps)
+            def start_stop(iid: str, key: str) -> None:
+                ms, s = w.run(w.timed(lambda: w.task(iid, "start", {"start_mjd": "now"},
+                                                     PW2)))
+                check_all(s)
+                out[f"start{key}"].append(ms)
+                time.sleep(LEAD + 0.15)
+                ms, s = w.run(w.timed(lambda: w.task(iid, "stop", {"stop_mjd": "now"}, PW2)))
+                check_all(s)
+                out[f"stop{key}"].append(ms)
+                time.sleep(LEAD + 0.1)
+
+            for key in ("start", "stop", "start_serial", "stop_serial"):
+                out[key] = []
+            offsets = log_size(mgr), log_size(serial)
+            for _ in range(ss_reps):  # interleaved, as the pings
+                start_stop("mgr", "")
+                start_stop("mgr-serial", "_serial")
             time.sleep(0.2)
-            out["start_inside"] = fanout_times(mgr, offset, "start")[-ss_reps:]
-            out["start_serial"], out["stop_serial"] = start_stop("mgr-serial", ss_reps)
+            out["start_inside"] = fanout_times(mgr, offsets[0], "start")[-ss_reps:]
+            out["start_serial_inside"] = fanout_times(serial, offsets[1], "start")[-ss_reps:]
             out["load_after"] = os.getloadavg()[0]
         finally:
             caller.close()
@@ -250,26 +279,42 @@ def main() -> None:
         lambda r: fmt(r["ping_inside"]))
     row("manager ping (OCSClient, HTTP), median / p99", lambda r: fmt(r["ping_ocsclient"]))
     row("serial manager ping, median / p99", lambda r: fmt(r["ping_serial"]))
+    row("serial manager ping, fan-out inside it, median / p99",
+        lambda r: fmt(r["ping_serial_inside"]))
     row("floor: N concurrent task calls, median / p99", lambda r: fmt(r["floor_tasks"]))
     row("floor: N concurrent bare WAMP calls, median / p99", lambda r: fmt(r["floor_bare"]))
+    row("floor: agent task making N concurrent bare calls, median / p99",
+        lambda r: fmt(r["floor_agent"]))
+    row("floor: that agent's fan-out, timed inside it, median / p99",
+        lambda r: fmt(r["floor_agent_inside"]))
     row("N concurrent direct ping calls, median / p99", lambda r: fmt(r["floor_direct"]))
     row("manager start, median / p99", lambda r: fmt(r["start"]))
     row("manager start, fan-out inside the manager, median / p99",
         lambda r: fmt(r["start_inside"]))
     row("manager stop, median / p99", lambda r: fmt(r["stop"]))
     row("serial manager start, median / p99", lambda r: fmt(r["start_serial"]))
+    row("serial manager start, fan-out inside it, median / p99",
+        lambda r: fmt(r["start_serial_inside"]))
     row("ping: manager / floor (tasks)",
         lambda r: f"{median(r['ping']) / median(r['floor_tasks']):.2f}x")
     row("ping: manager / floor (bare)",
         lambda r: f"{median(r['ping']) / median(r['floor_bare']):.2f}x")
     row("ping fan-out inside the manager / floor (bare)",
         lambda r: f"{median(r['ping_inside']) / median(r['floor_bare']):.2f}x")
+    row("ping: manager / floor (agent task)",
+        lambda r: f"{median(r['ping']) / median(r['floor_agent']):.2f}x")
+    row("ping: fan-out inside the manager / inside the floor agent",
+        lambda r: f"{median(r['ping_inside']) / median(r['floor_agent_inside']):.2f}x")
     row("start: manager / floor (bare)",
         lambda r: f"{median(r['start']) / median(r['floor_bare']):.2f}x")
     row("ping: serial / manager",
         lambda r: f"{median(r['ping_serial']) / median(r['ping']):.2f}x")
     row("start: serial / manager",
         lambda r: f"{median(r['start_serial']) / median(r['start']):.2f}x")
+    row("ping: fan-out inside, serial / concurrent",
+        lambda r: f"{median(r['ping_serial_inside']) / median(r['ping_inside']):.2f}x")
+    row("start: fan-out inside, serial / concurrent",
+        lambda r: f"{median(r['start_serial_inside']) / median(r['start_inside']):.2f}x")
     if one:
         row("ping: manager at N / manager at N=1",
             lambda r: f"{median(r['ping']) / median(one['ping']):.2f}x")

@@ -1,6 +1,7 @@
 """HDF5 files, SupRsync registration, and the recording engine with short integrations."""
 import os
 import stat
+import time
 
 import h5py
 import numpy as np
@@ -157,6 +158,40 @@ def test_engine_records_until_the_requested_stop(tmp_path):
     status = e.status()
     assert status["summary"] == "shutdown" and status["files_written"] == 4
     assert status["data_rate"] > 0 and status["last_file"].endswith("_00003.h5")
+
+
+class CountingSchedule(Schedule):
+    """Counts the recording thread's reads of the open operations."""
+
+    reads = 0
+
+    def operations(self, open_only=False):
+        if open_only:
+            self.reads += 1
+        return super().operations(open_only)
+
+
+def test_engine_request_wakes_the_recording_thread_only_when_due(tmp_path):
+    e, _ = make_engine(tmp_path, lead=0.6)
+    e.schedule = sch = CountingSchedule(str(tmp_path / "counting.sqlite"))
+    e.start()
+    try:
+        assert wait_for(lambda: e.state == "running", 5, "engine running")
+        time.sleep(0.05)  # asleep now, with nothing scheduled
+        reads = sch.reads
+        answer = e.request_start({"start_mjd": "now"})
+        time.sleep(0.3)
+        # The answer went out without the thread reading the schedule: it sleeps on.
+        assert sch.reads == reads
+        wait_for(lambda: e.status()["op_type"] == "recording", 3, "recording")
+        # Woken shortly before the start, then at it: on time all the same.
+        op = sch.operations()[0]
+        assert 0 <= op.actual_start - answer["requested_time"] < 0.1
+        stop = e.request_stop({"stop_mjd": "now"})  # 0.6 s from now, mid-integration
+        wait_for(lambda: sch.operations()[0].state == DONE, 3, "stopped")
+        assert abs(sch.operations()[0].actual_stop - stop["requested_time"]) < 0.06
+    finally:
+        e.shutdown()
 
 
 def test_engine_resumes_after_restart(tmp_path):

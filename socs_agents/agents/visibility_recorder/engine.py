@@ -103,7 +103,11 @@ class RecordingEngine:
         self.log = log
         self.clock = clock
         self.state = "booting"
-        self._wake = threading.Event()
+        # The recording thread sleeps on this condition until its own deadline or
+        # ``_wake_at``, the latest moment it must re-read the schedule for a new request.
+        self._cond = threading.Condition()
+        self._wake_at = math.inf
+        self._asleep_until = -math.inf
         self._stop = threading.Event()
         self._jobs: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -127,7 +131,7 @@ class RecordingEngine:
         rt = request_time(params, "start", now, self.config.now_lead)
         tag = f"{utc_stamp(rt.t)}_{self.config.mode}_{self.config.pipeline_id}"
         op = self.schedule.add_start(rt.t, now, tag)
-        self.wake()
+        self.wake(rt.t)
         self.log("info", f"scheduled recording {op.describe()}")
         return self._answer(op, rt)
 
@@ -136,7 +140,7 @@ class RecordingEngine:
         now = self.clock() if now is None else now
         rt = request_time(params, "stop", now, self.config.now_lead)
         op = self.schedule.add_stop(rt.t, now)
-        self.wake()
+        self.wake(rt.t)
         self.log("info", f"recording {op.tag} will stop at {utc_iso(rt.t)}")
         return self._answer(op, rt)
 
@@ -145,8 +149,21 @@ class RecordingEngine:
                 "operation": op.as_dict(), "mjd": rt.mjd, "mpm": rt.mpm,
                 "requested_time": rt.t}
 
-    def wake(self) -> None:
-        self._wake.set()
+    def wake(self, at: Optional[float] = None) -> None:
+        """Have the recording thread re-read the schedule shortly before ``at`` (unix
+        time), or at once.
+
+        The thread is woken only when its current sleep would last past that moment: a
+        request answered while the thread sleeps for the next integration costs the
+        request nothing, and many pipelines that get a start at once do not all read
+        their schedules while they are still answering.
+        """
+        due = -math.inf if at is None else at - PREWAKE_S
+        with self._cond:
+            if due < self._wake_at:
+                self._wake_at = due
+                if due < self._asleep_until:
+                    self._cond.notify()
 
     # ---- threads -------------------------------------------------------------------------
 
@@ -171,7 +188,7 @@ class RecordingEngine:
         and wait until the files already integrated are written. True when all were."""
         self.state = "shutdown"
         self._stop.set()
-        self._wake.set()
+        self.wake()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -181,8 +198,23 @@ class RecordingEngine:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def _wait(self, seconds: float) -> None:
-        if seconds > 0 and self._wake.wait(seconds):
-            self._wake.clear()
+        """Sleep ``seconds``, or less: until a wake-up is due (see :meth:`wake`)."""
+        end = time.monotonic() + seconds
+        with self._cond:
+            while not self._stop.is_set():
+                now = self.clock()
+                if self._wake_at <= now:
+                    self._wake_at = math.inf
+                    return
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                nap = min(left, self._wake_at - now)
+                self._asleep_until = now + nap
+                try:
+                    self._cond.wait(nap)
+                finally:
+                    self._asleep_until = -math.inf
 
     def _record_loop(self) -> None:
         self._recover()

@@ -1,0 +1,48 @@
+"""The fan-out floor as an OCS agent: the manager's shape with none of its work.
+
+    python benchmarks/_floor_agent.py --instance-id ID --site-file F --site-host H \
+        --targets drv-00 drv-01 ...
+
+An OCS agent (``BenchFloor`` in the site-config) with one task, ``ping``, registered as the
+VisibilityManager registers its own (``blocking=False``). It makes one bare WAMP call of
+each target's management procedure (``get_agent_class``: no work) concurrently over the
+agent's own session and puts the time from the first call to the last answer, timed as the
+manager times its fan-out, in ``session.data['fan_out_ms']``. Started and stopped by
+visibility_fanout.py; not a part of the package.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from ocs import ocs_agent, site_config
+from twisted.internet import defer
+from twisted.internet.defer import inlineCallbacks
+
+
+class BenchFloor:
+    def __init__(self, agent: ocs_agent.OCSAgent, targets: list[str]) -> None:
+        self.agent = agent
+        self.addresses = [f"{agent.site_args.address_root}.{t}" for t in targets]
+
+    @inlineCallbacks
+    def ping(self, session, params=None):
+        t0 = time.perf_counter()
+        yield defer.gatherResults([self.agent.call(address, "get_agent_class")
+                                   for address in self.addresses])
+        session.data = {"fan_out_ms": (time.perf_counter() - t0) * 1e3}
+        return True, f"{len(self.addresses)} bare calls answered"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--targets", nargs="+", required=True)
+    args = site_config.parse_args(agent_class="BenchFloor", parser=parser)
+    agent, runner = ocs_agent.init_site_agent(args)
+    floor = BenchFloor(agent, args.targets)
+    agent.register_task("ping", floor.ping, blocking=False)
+    runner.run(agent, auto_reconnect=False)
+
+
+if __name__ == "__main__":
+    main()
