@@ -31,12 +31,10 @@ SUMMARIES = ("booting", "normal", "warning", "error", "shutdown")
 RATE_WINDOW_S = 60.0
 #: The recording thread wakes this long before a scheduled start, then once more at it.
 PREWAKE_S = 0.05
-
-
-def _yield_cpu() -> None:
-    """Give the CPU to other runnable processes (once; no spinning)."""
-    if hasattr(os, "sched_yield"):
-        os.sched_yield()
+#: At a start instant the recording thread reads the clock, then naps this long before its
+#: bookkeeping (SQLite, logs): every pipeline woken for the same instant on the same few
+#: cores reads its clock before any of them takes the CPU for longer.
+SETTLE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -234,9 +232,7 @@ class RecordingEngine:
                 else:
                     self._wait(left)
                     now = self.clock()
-                    # Many pipelines wake for the same instant on few cores: let the others
-                    # read the clock before this one does its bookkeeping (SQLite, logs).
-                    _yield_cpu()
+                    self._stop.wait(SETTLE_S)
                 continue
             resuming = op.state == RECORDING
             if not resuming:
