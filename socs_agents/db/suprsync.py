@@ -210,7 +210,7 @@ class SupRsyncDB:
         for start in range(0, len(new_rows), _INSERT_CHUNK):
             chunk = new_rows[start:start + _INSERT_CHUNK]
             execute(_INSERT_FILE + ", ".join([_FILE_VALUES] * len(chunk)),
-                    [value for row in chunk for value in row])
+                    tuple(value for row in chunk for value in row))
         wanted = self._timecodes_of(new_rows) - self._known_timecodes
         new_timecodes: list[tuple[int, str]] = []
         if wanted:
