@@ -5,27 +5,37 @@ All methods block: call them from a worker thread (``deferToThread``), never the
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select
+from sqlalchemy import Engine, create_engine, event, exc, func, inspect, select
 from sqlalchemy.orm import sessionmaker
 
-from .entries import FileEntry
+from .entries import FileEntry, timecode_of
 from .models import FILES_TABLE, TIMECODE_TABLE, Base, SupRsyncFile, TimecodeDir
 
 # SQLite accepts at most 32766 bound parameters; stay far below for the IN (...) lookups.
 _LOOKUP_CHUNK = 400
 _INSERT_FILE = (f"INSERT INTO {FILES_TABLE} (local_path, local_md5sum, archive_name, "
-                "remote_path, timestamp, failed_copy_attempts, deletable, ignore) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?, 0)")
+                "remote_path, timestamp, failed_copy_attempts, deletable, ignore) VALUES ")
+_FILE_VALUES = "(?, ?, ?, ?, ?, 0, ?, 0)"
+#: Rows per INSERT statement: one statement of many rows costs SQLite and the sqlite3 module
+#: less than as many one-row statements (and a few sizes keep its statement cache warm).
+_INSERT_CHUNK = 64
 _INSERT_TIMECODE = (f"INSERT INTO {TIMECODE_TABLE} (timecode, archive_name, completed, "
                     "synced, finalized) VALUES (?, ?, 0, 0, 0)")
 
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
+
+
+#: A row as :meth:`SupRsyncDB.add_rows` takes it, in the order of the INSERT's parameters:
+#: ``(local_path, local_md5sum, archive_name, remote_path, timestamp, deletable)``.
+FileRow = tuple[str, str, str, str, float, bool]
 
 
 @dataclass
@@ -35,6 +45,14 @@ class AddResult:
     inserted: list[FileEntry] = field(default_factory=list)
     duplicates: list[FileEntry] = field(default_factory=list)
     new_timecodes: list[tuple[int, str]] = field(default_factory=list)
+
+
+class RowsAdded(NamedTuple):
+    """What :meth:`SupRsyncDB.add_rows` did."""
+
+    inserted: int
+    duplicates: int
+    new_timecodes: list[tuple[int, str]]
 
 
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
@@ -74,6 +92,8 @@ class SupRsyncDB:
         _install_sqlite_pragmas(self.engine, busy_timeout_ms)
         self.Session = sessionmaker(bind=self.engine)
         self._known_timecodes: set[tuple[int, str]] = set()
+        self._writer_lock = threading.Lock()
+        self._writer_connection = None
         if create_all:
             self.create_tables()
 
@@ -89,6 +109,10 @@ class SupRsyncDB:
                             index.create(conn, checkfirst=True)
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer_connection is not None:
+                self._writer_connection.close()
+                self._writer_connection = None
         self.engine.dispose()
 
     # ---- writing -------------------------------------------------------------------------
@@ -107,55 +131,129 @@ class SupRsyncDB:
         result = AddResult()
         if not entries:
             return result
-        # Plain SQL on SQLAlchemy's connection: this runs for every batch a monitor writes,
-        # and the ORM/Core statement machinery cost ten times the SQLite work here.
-        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
-            with conn.begin():
-                known = self._existing_keys(conn, entries)
-                rows = []
-                for entry in entries:
-                    key = (entry.archive_name, entry.local_path, entry.local_md5sum)
-                    if key in known:
-                        result.duplicates.append(entry)
-                        continue
-                    known.add(key)
-                    result.inserted.append(entry)
-                    rows.append((entry.local_path, entry.local_md5sum, entry.archive_name,
-                                 entry.remote_path, float(entry.timestamp),
-                                 int(bool(entry.deletable))))
-                if rows:
-                    conn.exec_driver_sql(_INSERT_FILE, rows)
-                wanted = {(tc, e.archive_name) for e in result.inserted
-                          if (tc := e.timecode) is not None} - self._known_timecodes
-                if wanted:
-                    have = set()
-                    for archive in {a for _, a in wanted}:
-                        codes = [t for t, a in wanted if a == archive]
-                        have.update(conn.exec_driver_sql(
-                            f"SELECT timecode, archive_name FROM {TIMECODE_TABLE} "
-                            f"WHERE archive_name = ? AND timecode IN ({_marks(len(codes))})",
-                            (archive, *codes)).fetchall())
-                    missing = sorted(wanted - have)
-                    if missing:
-                        conn.exec_driver_sql(_INSERT_TIMECODE, missing)
-                    result.new_timecodes = missing
+        rows = [(e.local_path, e.local_md5sum, e.archive_name, e.remote_path,
+                 float(e.timestamp), bool(e.deletable)) for e in entries]
+        inserted, result.new_timecodes = self._insert_new(rows)
+        is_new = [False] * len(rows)
+        for i in inserted:
+            is_new[i] = True
+        for entry, new in zip(entries, is_new):
+            (result.inserted if new else result.duplicates).append(entry)
+        return result
+
+    def add_rows(self, rows: Sequence[FileRow]) -> RowsAdded:
+        """:meth:`add_files` for rows already checked (see :data:`FileRow`), without an
+        object per file: what a monitor registering thousands of files a second calls.
+
+        Raises:
+            sqlalchemy.exc.OperationalError: as :meth:`add_files`; nothing was written.
+        """
+        if not rows:
+            return RowsAdded(0, 0, [])
+        inserted, new_timecodes = self._insert_new(rows)
+        return RowsAdded(len(inserted), len(rows) - len(inserted), new_timecodes)
+
+    def _insert_new(self, rows: Sequence[FileRow]) -> tuple[list[int], list[tuple[int, str]]]:
+        """Insert the rows not present yet, in one transaction; return the index of each
+        inserted row and the timecode dirs created."""
+        if self.engine.echo:
+            # --echo-sql: through SQLAlchemy, which logs every statement.
+            with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
+                with conn.begin():
+                    inserted, new_timecodes, wanted = self._insert_in_transaction(
+                        rows, conn.exec_driver_sql, conn.exec_driver_sql)
+        else:
+            # Plain sqlite3 on one kept connection: this runs for every batch a monitor
+            # writes, and SQLAlchemy's connection and statement machinery would cost more
+            # than the SQLite work.
+            with self._writer_lock:
+                con = self._writer()
+                statement = "BEGIN IMMEDIATE"
+                try:
+                    con.execute(statement)
+                    statement = "INSERT"
+                    inserted, new_timecodes, wanted = self._insert_in_transaction(
+                        rows, con.execute, con.executemany)
+                    statement = "COMMIT"
+                    con.execute(statement)
+                except sqlite3.Error as e:
+                    if con.in_transaction:
+                        try:
+                            con.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass  # the first error is the one to report
+                    raise exc.DBAPIError.instance(statement, None, e, sqlite3.Error) from e
         # Only after the commit: SupRsync never deletes timecode rows, so a pair seen once
         # needs no lookup again.
         self._known_timecodes.update(wanted)
-        return result
+        return inserted, new_timecodes
 
-    def _existing_keys(self, conn, entries: Sequence[FileEntry]) -> set[tuple[str, str, str]]:
+    def _writer(self) -> sqlite3.Connection:
+        """The connection ``_insert_new`` writes with (set up by the engine's connect hook:
+        WAL, busy timeout, no implicit transactions)."""
+        if self._writer_connection is None:
+            self._writer_connection = self.engine.raw_connection()
+        return self._writer_connection.dbapi_connection
+
+    def _insert_in_transaction(self, rows: Sequence[FileRow], execute: Callable,
+                               execute_many: Callable) -> tuple[list[int], list, set]:
+        known = self._existing_keys(rows, execute)
+        inserted = []
+        new_rows = []
+        for i, row in enumerate(rows):
+            key = (row[2], row[0], row[1])  # archive, local path, md5
+            if key in known:
+                continue
+            known.add(key)
+            inserted.append(i)
+            new_rows.append(row)
+        for start in range(0, len(new_rows), _INSERT_CHUNK):
+            chunk = new_rows[start:start + _INSERT_CHUNK]
+            execute(_INSERT_FILE + ", ".join([_FILE_VALUES] * len(chunk)),
+                    tuple(value for row in chunk for value in row))
+        wanted = self._timecodes_of(new_rows) - self._known_timecodes
+        new_timecodes: list[tuple[int, str]] = []
+        if wanted:
+            have = set()
+            for archive in {a for _, a in wanted}:
+                codes = [t for t, a in wanted if a == archive]
+                have.update(execute(
+                    f"SELECT timecode, archive_name FROM {TIMECODE_TABLE} "
+                    f"WHERE archive_name = ? AND timecode IN ({_marks(len(codes))})",
+                    (archive, *codes)).fetchall())
+            new_timecodes = sorted(wanted - have)
+            if new_timecodes:
+                execute_many(_INSERT_TIMECODE, new_timecodes)
+        return inserted, new_timecodes, wanted
+
+    @staticmethod
+    def _timecodes_of(rows: Sequence[FileRow]) -> set[tuple[int, str]]:
+        # The timecode is read from a remote path's first component: look at each distinct
+        # (first component, archive) once rather than at every row.
+        heads = {(row[3].partition("/")[0], row[2]) for row in rows}
+        found = set()
+        for head, archive in heads:
+            if head in ("", ".", ".."):  # an unusual path: read each row's own
+                codes = {timecode_of(row[3]) for row in rows
+                         if row[2] == archive and row[3].partition("/")[0] == head}
+            else:
+                codes = {timecode_of(head)}
+            found.update((code, archive) for code in codes if code is not None)
+        return found
+
+    def _existing_keys(self, rows: Sequence[FileRow],
+                       execute: Callable) -> set[tuple[str, str, str]]:
         # One archive per query: ``archive_name = ? AND local_path IN (...)`` searches the
         # (archive_name, local_path) index, where a row-value IN scans the whole table.
         by_archive: dict[str, set[str]] = {}
-        for e in entries:
-            by_archive.setdefault(e.archive_name, set()).add(e.local_path)
+        for row in rows:
+            by_archive.setdefault(row[2], set()).add(row[0])
         found: set[tuple[str, str, str]] = set()
         for archive, paths in by_archive.items():
             ordered = sorted(paths)
             for start in range(0, len(ordered), _LOOKUP_CHUNK):
                 chunk = ordered[start:start + _LOOKUP_CHUNK]
-                found.update(conn.exec_driver_sql(
+                found.update(execute(
                     f"SELECT archive_name, local_path, local_md5sum FROM {FILES_TABLE} "
                     f"WHERE archive_name = ? AND local_path IN ({_marks(len(chunk))})",
                     (archive, *chunk)).fetchall())

@@ -282,3 +282,21 @@ def test_concurrent_writers_never_duplicate(tmp_path):
     assert not errors
     db = SupRsyncDB(path)
     assert db.count() == 50 and len(db.timecode_dirs()) == 1
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_add_rows_skips_duplicates_with_and_without_echo(tmp_path, echo):
+    # --echo-sql writes through SQLAlchemy (which logs), otherwise plain sqlite3: same rows.
+    db = SupRsyncDB(str(tmp_path / "db" / "s.db"), echo=echo)
+    rows = [(f"/data/f{i}", f"{i:032x}", "smurf", f"17000/c/f{i}", 1.7e9 + i, i % 2 == 0)
+            for i in range(150)]  # more than one multi-row INSERT
+    first = db.add_rows(rows + rows[:3])
+    assert (first.inserted, first.duplicates) == (150, 3)
+    assert first.new_timecodes == [(17000, "smurf")]
+    again = db.add_rows(rows[:10])
+    assert (again.inserted, again.duplicates, again.new_timecodes) == (0, 10, [])
+    stored = sqlite3.connect(db.db_path).execute(
+        "SELECT local_path, local_md5sum, archive_name, remote_path, timestamp, deletable, "
+        "failed_copy_attempts, ignore FROM supersync_v0 ORDER BY id").fetchall()
+    assert stored == [row[:5] + (int(row[5]), 0, 0) for row in rows]
+    db.close()

@@ -27,8 +27,12 @@ from .rules import DEFAULT_RULES, parse_archive_rule
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 STATS_FEED = "monitor_stats"
-#: After reading what the socket holds, the reactor rests this long before reading again.
+#: After reading what the socket holds, the reactor rests this long before reading again,
+#: and ``BUSY_REST_SECONDS`` after a read of ``BUSY_DATAGRAMS`` or more: under load, every
+#: wake-up then reads more datagrams, and costs less per datagram.
 REST_SECONDS = 0.001
+BUSY_REST_SECONDS = 0.004
+BUSY_DATAGRAMS = 8
 
 
 def kernel_udp_rcvbuf_errors() -> Optional[int]:
@@ -43,7 +47,8 @@ def kernel_udp_rcvbuf_errors() -> Optional[int]:
 
 class RestingUDPPort(udp.Port):
     """A UDP port that reads every datagram the socket holds, tells the protocol
-    (``datagramsRead``), then rests ``rest`` seconds before it reads again.
+    (``datagramsRead``, which returns how many datagrams that was), then rests ``rest``
+    seconds before it reads again, or ``busy_rest`` seconds after ``busy`` datagrams or more.
 
     A lone datagram is read the moment it arrives; under load the reactor wakes once per
     rest instead of once per datagram, and the kernel's receive buffer holds what arrives
@@ -51,19 +56,23 @@ class RestingUDPPort(udp.Port):
     """
 
     def __init__(self, port: int, proto: DatagramProtocol, interface: str = "",
-                 maxPacketSize: int = 65536, reactor=None, rest: float = 0.001) -> None:
+                 maxPacketSize: int = 65536, reactor=None, rest: float = 0.001,
+                 busy_rest: Optional[float] = None, busy: int = BUSY_DATAGRAMS) -> None:
         super().__init__(port, proto, interface, maxPacketSize, reactor)
         self.rest = rest
+        self.busy_rest = rest if busy_rest is None else busy_rest
+        self.busy = busy
         self._resume = None
 
     def doRead(self) -> None:
         try:
             super().doRead()
         finally:
-            self.protocol.datagramsRead()
-            if self.rest > 0 and self._resume is None and self.connected:
+            count = self.protocol.datagramsRead() or 0
+            rest = self.busy_rest if count >= self.busy else self.rest
+            if rest > 0 and self._resume is None and self.connected:
                 self.stopReading()
-                self._resume = self.reactor.callLater(self.rest, self._resume_reading)
+                self._resume = self.reactor.callLater(rest, self._resume_reading)
 
     def _resume_reading(self) -> None:
         self._resume = None
@@ -108,6 +117,7 @@ class PysmurfMonitor(DatagramProtocol):
         self.udp: dict = {}
         # File announcements of one read of the socket: journaled and queued together.
         self._announced: list[FileAnnouncement] = []
+        self._datagrams_in_read = 0
         self.port = None
         self._run_stop = threading.Event()
         self._stopped = False
@@ -121,7 +131,7 @@ class PysmurfMonitor(DatagramProtocol):
     def listen(self, port: int, host: str = "", rcvbuf: int = 64 << 20) -> None:
         # Twisted reads 8,192 bytes per datagram by default; the publisher sends up to 64,000.
         self.port = RestingUDPPort(port, self, host, maxPacketSize=65536, reactor=reactor,
-                                   rest=REST_SECONDS)
+                                   rest=REST_SECONDS, busy_rest=BUSY_REST_SECONDS)
         self.port.startListening()
         sock = self.port.socket
         how = "SO_RCVBUFFORCE"
@@ -142,7 +152,7 @@ class PysmurfMonitor(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
         """Called by the reactor for every datagram: classify, then hand on (never blocks)."""
-        self.counters["received"] += 1
+        self._datagrams_in_read += 1
         parsed = parse_datagram(data)
         if isinstance(parsed, FileAnnouncement):
             self._announced.append(parsed)
@@ -156,12 +166,16 @@ class PysmurfMonitor(DatagramProtocol):
         else:
             self._reject(parsed, addr)
 
-    def datagramsRead(self) -> None:
+    def datagramsRead(self) -> int:
         """Called by the port once it has read what the socket held: journal and queue the
-        files of all those datagrams together (one write, one hand-over)."""
+        files of all those datagrams together (one write, one hand-over). Returns how many
+        datagrams that read brought."""
+        count, self._datagrams_in_read = self._datagrams_in_read, 0
+        self.counters["received"] += count
         if self._announced:
             announced, self._announced = self._announced, []
             self.registrar.submit_many(announced)
+        return count
 
     def _publish_metadata(self, msg: MetadataMessage, addr: tuple) -> None:
         field = ocs_feed.Feed.enforce_field_name_rules(msg.path)

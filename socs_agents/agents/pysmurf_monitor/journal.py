@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional
 
 SEGMENT_BYTES = 4 << 20
 
@@ -66,7 +66,9 @@ class Journal:
 
         Each of them needs its own :meth:`done`.
         """
-        lines = b"".join(raw.replace(b"\n", b" ") + b"\n" for raw in raws)
+        lines = b"\n".join(raws) + b"\n"
+        if lines.count(b"\n") != len(raws):  # a datagram with a line break of its own
+            lines = b"".join(raw.replace(b"\n", b" ") + b"\n" for raw in raws)
         with self._lock:
             if self._file is None or self._size >= self.segment_bytes:
                 self._roll()
@@ -92,9 +94,14 @@ class Journal:
         self.done_many([seg])
 
     def done_many(self, segments: list[int]) -> None:
+        """One datagram of each segment listed (a segment as often as it has datagrams)."""
         counts: dict[int, int] = {}
         for seg in segments:
             counts[seg] = counts.get(seg, 0) + 1
+        self.done_counts(counts)
+
+    def done_counts(self, counts: Mapping[int, int]) -> None:
+        """``counts[seg]`` datagrams of each segment need no replay any more."""
         with self._lock:
             for seg, n in counts.items():
                 left = self._outstanding.get(seg, 0) - n

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import numbers
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 #: The pysmurf publisher drops anything larger itself.
 MAX_DATAGRAM_BYTES = 64_000
@@ -27,8 +27,9 @@ REJECT_REASONS = (
 )
 
 
-@dataclass(frozen=True)
-class FileAnnouncement:
+class FileAnnouncement(NamedTuple):
+    """A file to register (a named tuple: one is made for every file announced)."""
+
     pub_id: str
     msg_type: str
     archive: str
@@ -84,10 +85,11 @@ def parse_datagram(raw: bytes) -> Parsed:
         return Rejected("bad_json", str(e)[:120])
     if not isinstance(data, dict):
         return Rejected("not_object", f"JSON {type(data).__name__}, not an object")
-    missing = [k for k in ("id", "type", "payload") if k not in data]
-    if missing:
+    try:
+        pub_id, msg_type, payload = data["id"], data["type"], data["payload"]
+    except KeyError:
+        missing = [k for k in ("id", "type", "payload") if k not in data]
         return Rejected("missing_field", f"no {', '.join(missing)}")
-    pub_id, msg_type, payload = data["id"], data["type"], data["payload"]
     if not isinstance(pub_id, str) or not isinstance(msg_type, str):
         return Rejected("wrong_type", "id and type must be strings")
 
@@ -114,8 +116,9 @@ def _file_announcement(pub_id: str, msg_type: str, payload: Any, raw: bytes) -> 
         return Rejected("wrong_type", "payload.archive_name must be a string")
     if archive == "smurf":
         # pysmurf core files: the remote path is built from these
-        absent = [k for k in ("action", "action_ts") if payload.get(k) in (None, "")]
-        if absent:
+        action, action_ts = payload.get("action"), payload.get("action_ts")
+        if action is None or action == "" or action_ts is None or action_ts == "":
+            absent = [k for k in ("action", "action_ts") if payload.get(k) in (None, "")]
             return Rejected("missing_action", f"{payload['path'][:200]}: no "
                             f"{' or '.join(absent)}")
         if "timestamp" not in payload:
@@ -123,8 +126,8 @@ def _file_announcement(pub_id: str, msg_type: str, payload: Any, raw: bytes) -> 
         ts = payload["timestamp"]
         if not (_is_number(ts) or (isinstance(ts, str) and ts[:5].isdigit())):
             return Rejected("wrong_type", "payload.timestamp must be a ctime")
-        if not isinstance(payload["action"], str) or not (
-                isinstance(payload["action_ts"], str) or _is_number(payload["action_ts"])):
+        if not isinstance(action, str) or not (
+                isinstance(action_ts, str) or _is_number(action_ts)):
             return Rejected("wrong_type", "payload.action must be a string and action_ts a "
                             "string or number")
     return FileAnnouncement(pub_id, msg_type, archive, payload, raw)

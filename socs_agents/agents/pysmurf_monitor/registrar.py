@@ -4,9 +4,12 @@ No OCS and no Twisted here: threads, a journal, and counters that the agent repo
 
 * ``submit_many`` (called on the reactor, once per reactor iteration) journals the
   datagrams in one write and hands them over in one queue operation; O(µs) per file.
-* The registration thread plans each row (rules), computes the md5 of small files itself
-  (one open, one read), and commits everything it has ready in one short transaction, so
-  batches grow by themselves under load and a lone file is written at once.
+* The registration thread, woken by each hand-over, plans each row (rules), computes the md5
+  of small files itself (one open, one read), and commits everything it has ready in one
+  short transaction, so batches grow by themselves under load and a lone file is written at
+  once. Files travel as plain tuples, and what is pending is counted per hand-over, not per
+  file: at thousands of files a second, an object and a lock per file cost more than the
+  rules.
   Files above ``big_file_bytes`` go to workers of their own, so a 500 MB file never delays
   small ones; a file that does not exist yet is retried until ``missing_file_timeout``.
 * When the database is locked or unavailable the thread keeps every row, marks itself
@@ -20,19 +23,19 @@ CPU per file is a third of what four threads handing work to each other cost.
 from __future__ import annotations
 
 import heapq
-import itertools
 import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Callable, Iterable, NamedTuple, Optional
 
-from ...db.entries import BadFileEntry, FileEntry, md5_file, md5_small_file
+from ...db.entries import BadFileEntry, md5_file, md5_small_file
 from ...db.suprsync import SupRsyncDB
 from .journal import Journal
 from .messages import FileAnnouncement, parse_datagram
-from .rules import PlannedFile, RemoteRule, plan_file
+from .rules import RemoteRule, plan_file
 
 Report = Callable[[str, str], None]
 
@@ -41,15 +44,32 @@ def _no_report(level: str, text: str) -> None:
     pass
 
 
-@dataclass(order=True)
-class _Item:
+class _Arrival(NamedTuple):
+    """The files of one :meth:`Registrar.submit_many`, numbered from ``first_seq`` on.
+
+    ``first_seq`` also names the arrival in ``Registrar._arrivals``.
+    """
+
+    first_seq: int
+    received_at: float
+    announcements: list[FileAnnouncement]
+
+
+class _Waiting(NamedTuple):
+    """A file to plan and checksum; kept in the retry heap while it does not exist yet."""
+
     seq: int
-    announcement: FileAnnouncement = field(compare=False)
-    segment: Optional[int] = field(compare=False, default=None)
-    received_at: float = field(compare=False, default_factory=time.monotonic)
-    planned: Optional[PlannedFile] = field(compare=False, default=None)
-    md5: Optional[str] = field(compare=False, default=None)
-    attempts: int = field(compare=False, default=0)
+    arrival: int
+    announcement: FileAnnouncement
+    received_at: float
+    attempts: int
+
+
+# A file ready to be written, as a plain tuple (thousands are made a second); a list of them
+# sorts in announcement order:
+#   (seq, arrival, local_path, md5, archive_name, remote_path, deletable)
+ReadyFile = tuple
+_ARRIVAL_OF = itemgetter(1)
 
 
 @dataclass
@@ -60,8 +80,9 @@ class RegistrarConfig:
     #: most rows in one transaction
     batch_max: int = 2000
     #: least time between two commits: a lone file is written at once, a stream of files
-    #: in batches (a commit costs as much CPU as checksumming dozens of small files)
-    commit_interval: float = 0.005
+    #: in batches (a commit costs as much CPU as checksumming dozens of small files, and
+    #: rewrites the last page of the table and of each index)
+    commit_interval: float = 0.010
     missing_file_timeout: float = 10.0
     backoff_initial: float = 0.05
     #: kept short: after a lock is released, rows must follow within a fraction of a second
@@ -77,12 +98,16 @@ class Registrar:
         self.rules = rules
         self.config = config or RegistrarConfig()
         self.report = report
-        self._seq = itertools.count()
-        # Lists of items (a reactor iteration's worth, or one finished big file); None stops.
+        self._submit_lock = threading.Lock()
+        self._next_seq = 0
+        # _Arrival's; checksummed big files (ReadyFile tuples); None stops.
         self._intake: queue.SimpleQueue = queue.SimpleQueue()
+        # (seq, arrival, PlannedFile) of files over big_file_bytes; None stops a worker.
         self._big: queue.SimpleQueue = queue.SimpleQueue()
         self._settled = threading.Condition()
-        self._outstanding: dict[int, float] = {}
+        # Arrivals with files not yet settled: first_seq -> [received_at, files left,
+        # journal segment]. Kept per arrival, not per file: one entry per reactor iteration.
+        self._arrivals: dict[int, list] = {}
         self._threads: list[threading.Thread] = []
         # Each key of these counters is written by one thread only.
         self.counters: Counter = Counter()
@@ -115,7 +140,7 @@ class Registrar:
         """Wait until every submitted file is settled; True if it happened in time."""
         deadline = time.monotonic() + timeout
         with self._settled:
-            while self._outstanding:
+            while self._arrivals:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -146,42 +171,51 @@ class Registrar:
             return
         segment = (self.journal.append_many([a.raw for a in announcements])
                    if self.journal is not None else None)
+        n = len(announcements)
         now = time.monotonic()
-        items = [_Item(next(self._seq), a, segment, now) for a in announcements]
-        for item in items:
-            # Plain dict stores are atomic under the GIL; no lock on the reactor's path.
-            self._outstanding[item.seq] = now
-        self.counters["announced"] += len(items)
-        self._intake.put(items)
+        with self._submit_lock:  # numbers files in the order they were journaled
+            first = self._next_seq
+            self._next_seq += n
+            self._arrivals[first] = [now, n, segment]
+        self.counters["announced"] += n
+        self._intake.put(_Arrival(first, now, announcements))
 
     # ---- registration thread -------------------------------------------------------------
 
     def _register_loop(self) -> None:
         cfg = self.config
-        ready: list[_Item] = []
-        retries: list[tuple[float, int, _Item]] = []
+        ready: list[ReadyFile] = []
+        retries: list[tuple[float, int, _Waiting]] = []
         write_after = 0.0  # monotonic time before which no write is tried (backoff)
         backoff = cfg.backoff_initial
         stopping = False
         while True:
             now = time.monotonic()
-            waits = [t - now for t in ([write_after] if ready else [])
-                     + ([retries[0][0]] if retries else [])]
-            timeout = max(0.0, min(waits)) if waits else None
+            wake = min(write_after if ready else float("inf"),
+                       retries[0][0] if retries else float("inf"))
             got = []
+            # Woken by each hand-over: the files are checksummed while the reactor rests
+            # (two threads busy at once would pass the GIL back and forth at every syscall).
+            if wake > now:
+                try:
+                    got.append(self._intake.get(
+                        timeout=None if wake == float("inf") else wake - now))
+                except queue.Empty:
+                    pass
             try:
-                got.append(self._intake.get(timeout=timeout) if timeout != 0.0
-                           else self._intake.get_nowait())
-                while len(got) < 1000:
+                while True:
                     got.append(self._intake.get_nowait())
             except queue.Empty:
                 pass
-            for batch in got:
-                if batch is None:
+            for msg in got:
+                if msg is None:
                     stopping = True
-                    continue
-                for item in batch:
-                    self._prepare(item, ready, retries)
+                elif isinstance(msg, _Arrival):
+                    for seq, ann in enumerate(msg.announcements, msg.first_seq):
+                        self._prepare(_Waiting(seq, msg.first_seq, ann, msg.received_at, 0),
+                                      ready, retries)
+                else:  # a big file, checksummed by a worker
+                    ready.append(msg)
             now = time.monotonic()
             while retries and retries[0][0] <= now:
                 self._prepare(heapq.heappop(retries)[2], ready, retries)
@@ -197,44 +231,43 @@ class Registrar:
             if stopping and not ready:
                 return
 
-    def _prepare(self, item: _Item, ready: list, retries: list) -> None:
-        """Plan the row and checksum a small file; route the item on."""
-        if item.md5 is not None:  # checksummed by a big-file worker
-            ready.append(item)
-            return
+    def _prepare(self, file: _Waiting, ready: list, retries: list) -> None:
+        """Plan the row and checksum a small file; route the file on."""
+        planned = None
         try:
-            ann = item.announcement
-            if item.planned is None:
-                item.planned = plan_file(ann.payload, ann.pub_id, ann.archive, self.rules)
-            item.md5 = md5_small_file(item.planned.local_path, self.config.big_file_bytes)
-            if item.md5 is None:
+            ann = file.announcement
+            planned = plan_file(ann.payload, ann.pub_id, ann.archive, self.rules)
+            md5 = md5_small_file(planned.local_path, self.config.big_file_bytes)
+            if md5 is None:
                 self.counters["big_files"] += 1
-                self._big.put(item)
+                self._big.put((file.seq, file.arrival, planned))
             else:
-                ready.append(item)
+                ready.append((file.seq, file.arrival, planned.local_path, md5,
+                              planned.archive_name, planned.remote_path, planned.deletable))
         except BadFileEntry as e:
-            item.attempts += 1
-            age = time.monotonic() - item.received_at
+            age = time.monotonic() - file.received_at
             if e.code == "missing_file" and age < self.config.missing_file_timeout:
                 self.counters["missing_file_retries"] += 1
-                due = time.monotonic() + min(0.02 * 2 ** item.attempts, 1.0)
-                heapq.heappush(retries, (due, item.seq, item))
+                attempts = file.attempts + 1
+                due = time.monotonic() + min(0.02 * 2 ** attempts, 1.0)
+                heapq.heappush(retries, (due, file.seq, file._replace(attempts=attempts)))
             else:
-                self._settle([item], rejected=e.code, detail=str(e))
+                self._settle({file.arrival: 1}, rejected=e.code, detail=str(e))
         except Exception as e:  # a bug or an OS error must not kill the thread
-            self._settle([item], rejected="unreadable_file", detail=f"{type(e).__name__}: {e}")
+            self._settle({file.arrival: 1}, rejected="unreadable_file",
+                         detail=f"{type(e).__name__}: {e}")
 
-    def _write(self, ready: list[_Item]) -> bool:
+    def _write(self, ready: list[ReadyFile]) -> bool:
         """Commit the oldest ``batch_max`` ready rows; False (rows kept) if the database
         refused."""
         ready.sort()
         batch = ready[:self.config.batch_max]
         stamp = time.time()  # when the row is added, as SupRsync's finalization expects
-        entries = [FileEntry(p.local_path, p.remote_path, p.archive_name, i.md5, stamp,
-                             p.deletable) for i in batch for p in (i.planned,)]
+        rows = [(local, md5, archive, remote, stamp, deletable)
+                for _, _, local, md5, archive, remote, deletable in batch]
         t0 = time.perf_counter()
         try:
-            result = self.db.add_files(entries)
+            result = self.db.add_rows(rows)
         except Exception as e:
             self.counters["db_errors"] += 1
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
@@ -249,55 +282,61 @@ class Registrar:
         if self.degraded:
             self.report("info", "database writable again; catching up")
         self.degraded = False
-        self.counters["registered"] += len(result.inserted)
-        self.counters["duplicates"] += len(result.duplicates)
+        self.counters["registered"] += result.inserted
+        self.counters["duplicates"] += result.duplicates
         self.counters["timecode_dirs_created"] += len(result.new_timecodes)
         self.counters["batches"] += 1
-        self._settle(batch)
+        self._settle(Counter(map(_ARRIVAL_OF, batch)))
         return True
 
     # ---- big-file workers ----------------------------------------------------------------
 
     def _big_loop(self) -> None:
         while True:
-            item = self._big.get()
-            if item is None:
+            job = self._big.get()
+            if job is None:
                 return
+            seq, arrival, planned = job
             try:
-                item.md5 = md5_file(item.planned.local_path)
+                md5 = md5_file(planned.local_path)
             except OSError as e:
                 code = "missing_file" if isinstance(e, FileNotFoundError) else "unreadable_file"
-                self._settle([item], rejected=code,
-                             detail=f"{item.planned.local_path!r}: {e.strerror or e}")
+                self._settle({arrival: 1}, rejected=code,
+                             detail=f"{planned.local_path!r}: {e.strerror or e}")
                 continue
-            self._intake.put([item])
+            self._intake.put((seq, arrival, planned.local_path, md5, planned.archive_name,
+                              planned.remote_path, planned.deletable))
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
-    def _settle(self, items: list[_Item], rejected: Optional[str] = None,
+    def _settle(self, settled: dict[int, int], rejected: Optional[str] = None,
                 detail: str = "") -> None:
+        """``settled``: arrival -> how many of its files were written or finally refused."""
         if rejected is not None:
             self.report("warn", f"file not registered ({rejected}): {detail[:300]}")
         if self.journal is not None:
-            self.journal.done_many([i.segment for i in items if i.segment is not None])
+            segments: Counter = Counter()
+            for arrival, n in settled.items():
+                segments[self._arrivals[arrival][2]] += n
+            self.journal.done_counts(segments)
         with self._settled:
             if rejected is not None:
-                self.rejected[rejected] += len(items)
+                self.rejected[rejected] += sum(settled.values())
                 self.last_error = detail[:300]
-            for item in items:
-                self._outstanding.pop(item.seq, None)
-            if not self._outstanding:
+            for arrival, n in settled.items():
+                entry = self._arrivals[arrival]
+                entry[1] -= n
+                if entry[1] <= 0:
+                    del self._arrivals[arrival]
+            if not self._arrivals:
                 self._settled.notify_all()
 
     # ---- figures -------------------------------------------------------------------------
 
     def pending(self) -> int:
-        return len(self._outstanding)
+        return sum(entry[1] for entry in list(self._arrivals.values()))
 
     def lag(self) -> float:
         """Age in seconds of the oldest file not yet settled."""
-        try:
-            oldest = min(self._outstanding.values(), default=None)
-        except RuntimeError:  # changed by another thread while we looked
-            return 0.0
+        oldest = min((entry[0] for entry in list(self._arrivals.values())), default=None)
         return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)

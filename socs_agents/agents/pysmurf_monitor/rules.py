@@ -6,10 +6,8 @@ Plain functions: the rules of socs's PysmurfMonitor, with its substring test for
 from __future__ import annotations
 
 import os
-import posixpath
 import re
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ...db.entries import BadFileEntry, check_local_path, check_remote_path
 
@@ -25,9 +23,8 @@ _KEEP = re.compile(
     + r")(?![0-9A-Za-z])", re.IGNORECASE | re.ASCII)
 
 
-@dataclass(frozen=True)
-class PlannedFile:
-    """Everything but the md5 of a SupRsync row."""
+class PlannedFile(NamedTuple):
+    """Everything but the md5 of a SupRsync row (a named tuple: one is made per file)."""
 
     local_path: str
     remote_path: str
@@ -48,13 +45,13 @@ def _component(value: object, what: str, path: str) -> str:
 
 def smurf_remote_path(local_path: str, payload: dict, pub_id: str) -> str:
     """``<5 ctime digits>/<pub id>/<action_ts>_<action>/<plots|outputs>/<basename>``."""
-    return posixpath.join(
-        f"{str(payload['timestamp']):.5}",
-        _component(pub_id, "publisher id", local_path),
-        _component(f"{payload['action_ts']}_{payload['action']}", "action", local_path),
-        "plots" if payload.get("plot") else "outputs",
-        os.path.basename(local_path),
-    )
+    # Joined by hand (no component but the first can start with "/"): this runs per file.
+    pub = _component(pub_id, "publisher id", local_path)
+    action = _component(f"{payload['action_ts']}_{payload['action']}", "action", local_path)
+    kind = "plots" if payload.get("plot") else "outputs"
+    remote = f"{pub}/{action}/{kind}/{local_path.rpartition('/')[2]}"
+    timecode = f"{str(payload['timestamp']):.5}"
+    return f"{timecode}/{remote}" if timecode else remote
 
 
 def tail_rule(n: int) -> RemoteRule:
@@ -100,10 +97,10 @@ def parse_archive_rule(spec: str) -> tuple[str, RemoteRule]:
 def smurf_deletable(local_path: str) -> bool:
     """False outside a timestamped dir (``/data/smurf_data/<digits>/...``) and for IV,
     channel-assignment and tune files."""
-    parts = local_path.split("/")
+    parts = local_path.split("/", 4)  # the last part is everything below the dated dir
     if len(parts) < 5 or not parts[3].isdigit():
         return False
-    return _KEEP.search("/".join(parts[4:])) is None
+    return _KEEP.search(parts[4]) is None
 
 
 def plan_file(payload: dict, pub_id: str, archive: str,
