@@ -34,10 +34,10 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, median, percentile, rst_table  # noqa: E402
@@ -271,6 +271,11 @@ def main() -> None:
     one = next((r for r in results if r["n"] == 1), None)
     rows = []
 
+    def ratio(key: str, base_key: str, base: Optional[dict] = None):
+        """A row's cell: the median of ``key`` over the median of ``base_key`` (of the same
+        N, or of ``base``)."""
+        return lambda r: f"{median(r[key]) / median((base or r)[base_key]):.2f}x"
+
     def row(label, fn):
         rows.append([label] + [fn(r) for r in results])
 
@@ -296,32 +301,32 @@ def main() -> None:
     row("serial manager start, fan-out inside it, median / p99",
         lambda r: fmt(r["start_serial_inside"]))
     row("ping: manager / floor (tasks)",
-        lambda r: f"{median(r['ping']) / median(r['floor_tasks']):.2f}x")
+        ratio("ping", "floor_tasks"))
     row("ping: manager / floor (bare)",
-        lambda r: f"{median(r['ping']) / median(r['floor_bare']):.2f}x")
+        ratio("ping", "floor_bare"))
     row("ping fan-out inside the manager / floor (bare)",
-        lambda r: f"{median(r['ping_inside']) / median(r['floor_bare']):.2f}x")
+        ratio("ping_inside", "floor_bare"))
     row("ping: manager / floor (agent task)",
-        lambda r: f"{median(r['ping']) / median(r['floor_agent']):.2f}x")
+        ratio("ping", "floor_agent"))
     row("ping: fan-out inside the manager / inside the floor agent",
-        lambda r: f"{median(r['ping_inside']) / median(r['floor_agent_inside']):.2f}x")
+        ratio("ping_inside", "floor_agent_inside"))
     row("start: manager / floor (bare)",
-        lambda r: f"{median(r['start']) / median(r['floor_bare']):.2f}x")
+        ratio("start", "floor_bare"))
     row("ping: serial / manager",
-        lambda r: f"{median(r['ping_serial']) / median(r['ping']):.2f}x")
+        ratio("ping_serial", "ping"))
     row("start: serial / manager",
-        lambda r: f"{median(r['start_serial']) / median(r['start']):.2f}x")
+        ratio("start_serial", "start"))
     row("ping: fan-out inside, serial / concurrent",
-        lambda r: f"{median(r['ping_serial_inside']) / median(r['ping_inside']):.2f}x")
+        ratio("ping_serial_inside", "ping_inside"))
     row("start: fan-out inside, serial / concurrent",
-        lambda r: f"{median(r['start_serial_inside']) / median(r['start_inside']):.2f}x")
+        ratio("start_serial_inside", "start_inside"))
     if one:
         row("ping: manager at N / manager at N=1",
-            lambda r: f"{median(r['ping']) / median(one['ping']):.2f}x")
+            ratio("ping", "ping", one))
         row("start: manager at N / manager at N=1",
-            lambda r: f"{median(r['start']) / median(one['start']):.2f}x")
+            ratio("start", "start", one))
         row("stop: manager at N / manager at N=1",
-            lambda r: f"{median(r['stop']) / median(one['stop']):.2f}x")
+            ratio("stop", "stop", one))
     row("start spread for one \"now\", median / max",
         lambda r: (f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms"
                    if r["spread"] else "n/a"))
