@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor, threads
 from ...db import SupRsyncDB
 from .correlator import SimulatedCorrelator
 from .engine import EngineConfig, RecordingEngine
+from .request_thread import RequestThread
 from .schedule import DEFAULT_NOW_LEAD_S, Schedule, ScheduleError
 from .sntp import SNTPError, query, set_clock
 from .writer import VisibilityWriter
@@ -87,6 +88,10 @@ class VisibilityRecorder:
                               now_lead=args.now_lead)
         self.engine = RecordingEngine(self.schedule, writer, correlator, config, log=self._log)
         self._monitor_stop = threading.Event()
+        self.requests = RequestThread()
+        # ocs's access checks take an ActionContext; one per operation is enough.
+        self._contexts = {op: access.ActionContext(op_name=op, action="start")
+                          for op in self._direct_work()}
         self.agent.register_feed(STATUS_FEED, record=True, agg_params={"frame_length": 60},
                                  buffer_time=0)
 
@@ -236,10 +241,11 @@ class VisibilityRecorder:
 
     # ---- the direct procedure ------------------------------------------------------------
 
-    def _direct_work(self) -> dict[str, tuple[Callable[[dict], Outcome], bool]]:
-        """Operation name -> (its work, whether that work blocks)."""
-        return {"ping": (self._ping, False), "sync": (self._sync, True),
-                "start": (self._start, True), "stop": (self._stop, True)}
+    def _direct_work(self) -> dict[str, tuple[Callable[[dict], Outcome], str]]:
+        """Operation name -> (its work, where it runs: the reactor, the request thread
+        (schedule writes, short) or the thread pool (waits on the network))."""
+        return {"ping": (self._ping, "reactor"), "sync": (self._sync, "pool"),
+                "start": (self._start, "requests"), "stop": (self._stop, "requests")}
 
     def direct(self, op_name: str, params: Optional[dict] = None,
                password: Optional[str] = None) -> defer.Deferred:
@@ -265,9 +271,9 @@ class VisibilityRecorder:
         op = self.agent.tasks.get(op_name)
         if work is None or op is None:
             return defer.succeed(answer((False, f'No operation called "{op_name}"', {})))
-        context = access.ActionContext(op_name=op_name, action="start")
         level, detail = access.agent_get_creds(password, self.agent.access_config,
-                                               self.agent.access_config.agent, context)
+                                               self.agent.access_config.agent,
+                                               self._contexts[op_name])
         if level < op.min_privs:
             self.log.info("rejected underprivileged direct {op} request", op=op_name)
             return defer.succeed(answer((False, access.agent_rejection_message(
@@ -278,11 +284,17 @@ class VisibilityRecorder:
                 params = ocs_agent.ParamHandler(params or {}).batch(prescreen)
             except ocs_agent.ParamError as e:
                 return defer.succeed(answer((False, e.msg, {})))
-        func, blocking = work
-        # Blocking work (SQLite, the network) goes to the thread pool; ping stays on the
-        # reactor, like the task registered with blocking=False.
-        d = (threads.deferToThread(func, params or {}) if blocking
-             else defer.maybeDeferred(func, params or {}))
+        func, where = work
+        # Blocking work (SQLite, the network) leaves the reactor; ping stays on it, like
+        # the task registered with blocking=False.
+        if where == "requests":
+            if self.requests.closed:
+                return defer.succeed(answer((False, "the recorder is shutting down", {})))
+            d = self.requests.submit(func, params or {})
+        elif where == "pool":
+            d = threads.deferToThread(func, params or {})
+        else:
+            d = defer.maybeDeferred(func, params or {})
         d.addCallback(answer)
 
         def crashed(failure) -> dict:
@@ -342,8 +354,12 @@ class VisibilityRecorder:
 
     # ---- life cycle ----------------------------------------------------------------------
 
+    def _shutdown_threads(self, timeout: float) -> bool:
+        self.requests.stop(timeout)
+        return self.engine.shutdown(timeout)
+
     def shutdown(self):
-        d = threads.deferToThread(self.engine.shutdown, 10.0)
+        d = threads.deferToThread(self._shutdown_threads, 10.0)
 
         def done(clean):
             self.log.info("recorder stopped{how}", how="" if clean else
