@@ -23,7 +23,10 @@ session in this process (asyncio autobahn, in a thread) times, each over the sam
 * N concurrent calls of the recorders' direct ``ping`` procedure from this session (what the
   manager does, without the manager);
 * start spread: for each ``start_mjd="now"``, latest minus earliest actual start among the
-  recorders (from their schedules).
+  recorders (from their schedules);
+* CPU per pipeline: what the hub, the recorders and the manager under test used (all
+  threads, ``/proc/<pid>/task/*/schedstat``) while the manager pings and starts ran, over
+  the number of pipelines called.
 
 Also the manager's ping through ``OCSClient`` (HTTP, what scripts see).
 """
@@ -68,6 +71,61 @@ class BenchCaller(WampCaller):
         t0 = time.perf_counter()
         result = await make()
         return (time.perf_counter() - t0) * 1e3, result
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (crossbar runs its router in a child process)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_ms(pids) -> float:
+    """CPU time (ms) used so far by every thread of these processes (schedstat: ns)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e6
+
+
+class CpuMeter:
+    """CPU used by the hub, the recorders and one manager while a call runs, per kind."""
+
+    def __init__(self, groups: dict) -> None:
+        self.groups = groups  # name -> pids
+        self.used: dict = {}  # kind -> {group: ms}, with "calls"
+
+    def around(self, kind: str, manager: str, call):
+        names = ("hub", "recorders", manager)
+        before = [cpu_ms(self.groups[g]) for g in names]
+        result = call()
+        used = self.used.setdefault(kind, {"calls": 0, "hub": 0.0, "recorders": 0.0,
+                                           "manager": 0.0})
+        used["calls"] += 1
+        for key, g, b in zip(("hub", "recorders", "manager"), names, before):
+            used[key] += cpu_ms(self.groups[g]) - b
+        return result
 
 
 FANOUT_LOG = re.compile(r"(\w+) to (\d+) pipelines in ([0-9.]+) ms")
@@ -139,6 +197,10 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
         out["load_before"] = os.getloadavg()[0]
         caller = BenchCaller(site)
         mgr, serial = agents[-3], agents[-2]
+        meter = CpuMeter({"hub": process_tree(site.hub_pid),
+                          "recorders": [p for a in agents[:n] for p in process_tree(a.proc.pid)],
+                          "mgr": process_tree(mgr.proc.pid),
+                          "mgr-serial": process_tree(serial.proc.pid)})
         try:
             w = caller
 
@@ -182,9 +244,14 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 out[key] = []
             out["floor_agent_inside"] = []
             offsets = log_size(mgr), log_size(serial)
+            managers = {"ping": "mgr", "ping_serial": "mgr-serial"}
             for _ in range(ping_reps):
                 for key, make in kinds.items():
-                    ms, result = w.run(w.timed(make))
+                    if key in managers:
+                        ms, result = meter.around(key, managers[key],
+                                                  lambda: w.run(w.timed(make)))
+                    else:
+                        ms, result = w.run(w.timed(make))
                     out[key].append(ms)
                     if key == "floor_agent":
                         out["floor_agent_inside"].append(result)
@@ -200,8 +267,8 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             out["ping_ocsclient"] = ocs_ms
 
             def start_stop(iid: str, key: str) -> None:
-                ms, s = w.run(w.timed(lambda: w.task(iid, "start", {"start_mjd": "now"},
-                                                     PW2)))
+                ms, s = meter.around(f"start{key}", iid, lambda: w.run(w.timed(
+                    lambda: w.task(iid, "start", {"start_mjd": "now"}, PW2))))
                 check_all(s)
                 out[f"start{key}"].append(ms)
                 time.sleep(LEAD + 0.15)
@@ -220,6 +287,9 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             out["start_inside"] = fanout_times(mgr, offsets[0], "start")[-ss_reps:]
             out["start_serial_inside"] = fanout_times(serial, offsets[1], "start")[-ss_reps:]
             out["load_after"] = os.getloadavg()[0]
+            out["cpu"] = {kind: {g: used[g] / (used["calls"] * n) * 1e3
+                                 for g in ("hub", "recorders", "manager")}
+                          for kind, used in meter.used.items()}
         finally:
             caller.close()
             t0 = time.monotonic()
@@ -256,7 +326,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = args.sizes or ([1, 8] if args.quick else [1, 8, 32])
     ping_reps = args.ping_reps or (30 if args.quick else 100)
-    ss_reps = args.start_stop_reps or (5 if args.quick else 10)
+    ss_reps = args.start_stop_reps or (5 if args.quick else 20)
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,6 +397,11 @@ def main() -> None:
             ratio("start", "start", one))
         row("stop: manager at N / manager at N=1",
             ratio("stop", "stop", one))
+    for kind, label in (("ping", "ping"), ("ping_serial", "serial ping"),
+                        ("start", "start"), ("start_serial", "serial start")):
+        row(f"CPU per pipeline, {label}: hub / recorder / manager (task included)",
+            lambda r, kind=kind: " / ".join(f"{r['cpu'][kind][g]:.0f}" for g in
+                                            ("hub", "recorders", "manager")) + " us")
     row("start spread for one \"now\", median / max",
         lambda r: (f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms"
                    if r["spread"] else "n/a"))

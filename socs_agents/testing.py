@@ -68,6 +68,7 @@ class LocalSite:
         self.instances: list[dict] = list(instances)
         self.agents: list[AgentProcess] = []
         self.hub_start_seconds: Optional[float] = None
+        self.hub_pid: Optional[int] = None
         self.write_site_config()
 
     @property
@@ -102,7 +103,7 @@ class LocalSite:
         return ["--site-file", self.site_file, "--site-host", "localhost"]
 
     def start_hub(self) -> float:
-        _, self.hub_start_seconds = hub.start(self.settings, self.node_dir)
+        self.hub_pid, self.hub_start_seconds = hub.start(self.settings, self.node_dir)
         return self.hub_start_seconds
 
     def stop_hub(self) -> None:

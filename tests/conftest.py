@@ -1,5 +1,4 @@
 """Shared fixtures: one real crossbar hub per test session, agents as real processes."""
-import os
 
 import pytest
 

@@ -1,8 +1,6 @@
 """PysmurfMonitor as a real process on a real hub, fed by the smurf simulator over UDP."""
 import json
-import os
 import signal
-import socket
 
 import pytest
 
