@@ -97,6 +97,9 @@ def status(settings: HubSettings, node_dir: Optional[str] = None) -> HubStatus:
 
 def _check_port_free(settings: HubSettings) -> None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As crossbar (Twisted) binds: connections of a hub just stopped, left in TIME_WAIT,
+    # do not keep a new hub from listening; only a program listening there does.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((settings.interface, settings.port))
     except OSError as e:

@@ -78,3 +78,30 @@ def test_interface_from_site_config():
 def test_bad_hub_sections(change, message):
     with pytest.raises(HubConfigError, match=message):
         hub_settings(dict(HUB, **change))
+
+
+def _settings(port):
+    return hub_settings({"wamp_server": f"ws://127.0.0.1:{port}/ws", "wamp_realm": "r",
+                         "address_root": "observatory"})
+
+
+def test_port_check_refuses_a_listener_but_not_connections_left_in_time_wait():
+    import socket
+
+    from socs_agents.hub.control import HubError, _check_port_free
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    accepted, _ = listener.accept()
+    with pytest.raises(HubError, match=f"port {port} on 127.0.0.1 is taken"):
+        _check_port_free(_settings(port))
+    # The listening side closes first, so its end of the connection stays in TIME_WAIT on
+    # the port, as after `socs-agents demo stop`.
+    accepted.close()
+    client.close()
+    listener.close()
+    _check_port_free(_settings(port))
