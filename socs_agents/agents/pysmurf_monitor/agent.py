@@ -177,6 +177,22 @@ class PysmurfMonitor(DatagramProtocol):
             self.registrar.submit_many(announced)
         return count
 
+    def read_pending(self, limit: int = 1_000_000) -> int:
+        """Read every datagram the socket holds now, without waiting for the port's rest,
+        and hand the files over (reactor thread). Returns how many datagrams were read."""
+        if self.port is None or getattr(self.port, "socket", None) is None:
+            return 0
+        sock, read = self.port.socket, 0
+        try:
+            while read < limit:
+                data, addr = sock.recvfrom(65536)
+                self.datagramReceived(data, addr)
+                read += 1
+        except OSError:  # BlockingIOError: nothing more to read
+            pass
+        self.datagramsRead()
+        return read
+
     def _publish_metadata(self, msg: MetadataMessage, addr: tuple) -> None:
         field = ocs_feed.Feed.enforce_field_name_rules(msg.path)
         feed_name = ocs_feed.Feed.enforce_field_name_rules(f"{msg.stream_id}_meta")
@@ -257,7 +273,8 @@ class PysmurfMonitor(DatagramProtocol):
 
         **Process** - Report the monitor's counters while it registers files. Files are
         registered from the moment the agent starts, whether or not this process runs;
-        stopping it waits until every file received so far is in the database.
+        stopping it waits until every file announced before the stop is in the database
+        (datagrams still waiting in the socket are read first).
 
         Parameters:
             test_mode (bool, optional): Return once at least one file was announced and
@@ -292,6 +309,11 @@ class PysmurfMonitor(DatagramProtocol):
                 last_feed = time.monotonic()
             if test_mode and snap["counters"]["files_announced"] and not snap["pending"]:
                 break
+        # What was sent before the stop but still waits in the socket (the port may be
+        # resting) counts as received: read it now, then drain.
+        read = threading.Event()
+        reactor.callFromThread(lambda: (self.read_pending(), read.set()))
+        read.wait(5.0)
         drained = self.registrar.drain(self.args.drain_timeout)
         session.data = self.snapshot()
         self._publish_stats(session.data)
@@ -313,13 +335,7 @@ class PysmurfMonitor(DatagramProtocol):
             return None
         self._stopped = True
         if self.port is not None:
-            sock = self.port.socket
-            try:
-                while True:
-                    data, addr = sock.recvfrom(65536)
-                    self.datagramReceived(data, addr)
-            except (BlockingIOError, OSError):
-                pass
+            self.read_pending()
             self.port.stopListening()
         self.datagramsRead()
         d = threads.deferToThread(self.registrar.stop, self.args.drain_timeout)
