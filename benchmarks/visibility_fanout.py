@@ -11,7 +11,10 @@ session in this process (asyncio autobahn, in a thread) times, each over the sam
   WAMP session;
 * the manager's own fan-out time (from its log): from the first pipeline call to the last
   answer, inside the manager;
-* the same through the serial manager;
+* the same through the serial manager (the same direct calls, one after another);
+* the serial fan-out of the spec's figures ("the same task calls one after another"): the
+  floor agent's ``serial_tasks`` task calls each recorder's OCS task (``start``, then
+  ``wait``) and only then the next one's, over its own session, end to end and inside it;
 * floor (agent): the manager's shape with none of its work: an OCS agent
   (``_floor_agent.py``) whose ``ping`` task makes N concurrent bare WAMP calls (each
   recorder's management procedure, which does no work) over its own session: what the hub
@@ -26,7 +29,9 @@ session in this process (asyncio autobahn, in a thread) times, each over the sam
   recorders (from their schedules);
 * CPU per pipeline: what the hub, the recorders and the manager under test used (all
   threads, ``/proc/<pid>/task/*/schedstat``) while the manager pings and starts ran, over
-  the number of pipelines called.
+  the number of pipelines called;
+* site CPU and cores busy: the CPU of the hub and every agent during one call, and that over
+  the call's wall time (how many of the cores the call kept busy), medians.
 
 Also the manager's ping through ``OCSClient`` (HTTP, what scripts see).
 """
@@ -110,19 +115,28 @@ def cpu_ms(pids) -> float:
 
 
 class CpuMeter:
-    """CPU used by the hub, the recorders and one manager while a call runs, per kind."""
+    """CPU used while a call runs, per kind: by the hub, the recorders and the calling agent
+    (a manager or the floor agent), and by the whole site (the hub and every agent; not this
+    process, whose CPU is mostly the reading of /proc) over the call's wall time: how many
+    of the cores the call kept busy."""
 
     def __init__(self, groups: dict) -> None:
         self.groups = groups  # name -> pids
-        self.used: dict = {}  # kind -> {group: ms}, with "calls"
+        self.used: dict = {}  # kind -> {group: ms}, with "calls", "machine", "wall"
 
-    def around(self, kind: str, manager: str, call):
-        names = ("hub", "recorders", manager)
+    def around(self, kind: str, caller: str, call):
+        names = ("hub", "recorders", caller)
         before = [cpu_ms(self.groups[g]) for g in names]
+        site = cpu_ms(self.groups["site"])
+        t0 = time.perf_counter()
         result = call()
+        wall = (time.perf_counter() - t0) * 1e3
+        site = cpu_ms(self.groups["site"]) - site
         used = self.used.setdefault(kind, {"calls": 0, "hub": 0.0, "recorders": 0.0,
-                                           "manager": 0.0})
+                                           "manager": 0.0, "site": [], "busy": []})
         used["calls"] += 1
+        used["site"].append(site)
+        used["busy"].append(site / wall)
         for key, g, b in zip(("hub", "recorders", "manager"), names, before):
             used[key] += cpu_ms(self.groups[g]) - b
         return result
@@ -196,11 +210,14 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
         out["start_s"] = time.monotonic() - t0
         out["load_before"] = os.getloadavg()[0]
         caller = BenchCaller(site)
-        mgr, serial = agents[-3], agents[-2]
-        meter = CpuMeter({"hub": process_tree(site.hub_pid),
-                          "recorders": [p for a in agents[:n] for p in process_tree(a.proc.pid)],
-                          "mgr": process_tree(mgr.proc.pid),
-                          "mgr-serial": process_tree(serial.proc.pid)})
+        mgr, serial, floor = agents[-3], agents[-2], agents[-1]
+        groups = {"hub": process_tree(site.hub_pid),
+                  "recorders": [p for a in agents[:n] for p in process_tree(a.proc.pid)],
+                  "mgr": process_tree(mgr.proc.pid),
+                  "mgr-serial": process_tree(serial.proc.pid),
+                  "floor": process_tree(floor.proc.pid)}
+        groups["site"] = [p for g in groups.values() for p in g]
+        meter = CpuMeter(groups)
         try:
             w = caller
 
@@ -235,26 +252,40 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 session = await w.task("floor", "ping")
                 return session["data"]["fan_out_ms"]
 
+            def serial_tasks(op: str, params=None):
+                """The spec's serial fan-out: each recorder's OCS task, one after another,
+                from the floor agent; returns its fan-out time (timed inside it)."""
+                async def run():
+                    session = await w.task("floor", "serial_tasks", {
+                        "op": op, "params": params or {}, "password": PW2, "lead": LEAD})
+                    assert session["success"], session["messages"][-2:]
+                    return session["data"]["fan_out_ms"]
+                return run
+
             # Interleaved rounds: a drift in the machine's load hits every series alike.
             kinds = {"ping": lambda: w.task("mgr", "ping"),
                      "ping_serial": lambda: w.task("mgr-serial", "ping"),
                      "floor_agent": floor_agent_task, "floor_bare": floor_bare,
-                     "floor_tasks": floor_tasks, "floor_direct": floor_direct}
+                     "floor_tasks": floor_tasks, "floor_direct": floor_direct,
+                     "ping_serial_tasks": serial_tasks("ping")}
             for key in kinds:
                 out[key] = []
             out["floor_agent_inside"] = []
+            out["ping_serial_tasks_inside"] = []
             offsets = log_size(mgr), log_size(serial)
-            managers = {"ping": "mgr", "ping_serial": "mgr-serial"}
+            callers = {"ping": "mgr", "ping_serial": "mgr-serial",
+                       "ping_serial_tasks": "floor"}
             for _ in range(ping_reps):
                 for key, make in kinds.items():
-                    if key in managers:
-                        ms, result = meter.around(key, managers[key],
+                    if key in callers:
+                        ms, result = meter.around(key, callers[key],
                                                   lambda: w.run(w.timed(make)))
                     else:
                         ms, result = w.run(w.timed(make))
                     out[key].append(ms)
-                    if key == "floor_agent":
-                        out["floor_agent_inside"].append(result)
+                    if key in ("floor_agent", "ping_serial_tasks"):
+                        out[f"{key}_inside" if key != "floor_agent"
+                            else "floor_agent_inside"].append(result)
             time.sleep(0.2)  # the log lines of the last calls reach the files
             out["ping_inside"] = fanout_times(mgr, offsets[0], "ping")[-ping_reps:]
             out["ping_serial_inside"] = fanout_times(serial, offsets[1], "ping")[-ping_reps:]
@@ -277,12 +308,23 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 out[f"stop{key}"].append(ms)
                 time.sleep(LEAD + 0.1)
 
-            for key in ("start", "stop", "start_serial", "stop_serial"):
+            def start_stop_serial_tasks() -> None:
+                ms, inside = meter.around("start_serial_tasks", "floor", lambda: w.run(
+                    w.timed(serial_tasks("start", {"start_mjd": "now"}))))
+                out["start_serial_tasks"].append(ms)
+                out["start_serial_tasks_inside"].append(inside)
+                time.sleep(LEAD + 0.15)
+                w.run(serial_tasks("stop", {"stop_mjd": "now"})())
+                time.sleep(LEAD + 0.1)
+
+            for key in ("start", "stop", "start_serial", "stop_serial", "start_serial_tasks",
+                        "start_serial_tasks_inside"):
                 out[key] = []
             offsets = log_size(mgr), log_size(serial)
             for _ in range(ss_reps):  # interleaved, as the pings
                 start_stop("mgr", "")
                 start_stop("mgr-serial", "_serial")
+                start_stop_serial_tasks()
             time.sleep(0.2)
             out["start_inside"] = fanout_times(mgr, offsets[0], "start")[-ss_reps:]
             out["start_serial_inside"] = fanout_times(serial, offsets[1], "start")[-ss_reps:]
@@ -290,6 +332,8 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             out["cpu"] = {kind: {g: used[g] / (used["calls"] * n) * 1e3
                                  for g in ("hub", "recorders", "manager")}
                           for kind, used in meter.used.items()}
+            out["busy"] = {kind: (median(used["busy"]), median(used["site"]))
+                           for kind, used in meter.used.items()}
         finally:
             caller.close()
             t0 = time.monotonic()
@@ -308,7 +352,7 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
         s.close()
     out["spread"] = [(max(v) - min(v)) * 1e3 for v in by_start.values() if len(v) == n]
     out["late"] = late
-    out["missed"] = 2 * ss_reps * n - len(late)
+    out["missed"] = 3 * ss_reps * n - len(late)  # manager, serial manager, serial tasks
     return out
 
 
@@ -370,6 +414,14 @@ def main() -> None:
     row("serial manager start, median / p99", lambda r: fmt(r["start_serial"]))
     row("serial manager start, fan-out inside it, median / p99",
         lambda r: fmt(r["start_serial_inside"]))
+    row("serial task fan-out (the spec's): ping, median / p99",
+        lambda r: fmt(r["ping_serial_tasks"]))
+    row("serial task fan-out (the spec's): ping, fan-out inside the agent, median / p99",
+        lambda r: fmt(r["ping_serial_tasks_inside"]))
+    row("serial task fan-out (the spec's): start, median / p99",
+        lambda r: fmt(r["start_serial_tasks"]))
+    row("serial task fan-out (the spec's): start, fan-out inside the agent, median / p99",
+        lambda r: fmt(r["start_serial_tasks_inside"]))
     row("ping: manager / floor (tasks)",
         ratio("ping", "floor_tasks"))
     row("ping: manager / floor (bare)",
@@ -390,6 +442,14 @@ def main() -> None:
         ratio("ping_serial_inside", "ping_inside"))
     row("start: fan-out inside, serial / concurrent",
         ratio("start_serial_inside", "start_inside"))
+    row("ping: serial task fan-out / manager",
+        ratio("ping_serial_tasks", "ping"))
+    row("start: serial task fan-out / manager",
+        ratio("start_serial_tasks", "start"))
+    row("ping: fan-out inside, serial task / manager",
+        ratio("ping_serial_tasks_inside", "ping_inside"))
+    row("start: fan-out inside, serial task / manager",
+        ratio("start_serial_tasks_inside", "start_inside"))
     if one:
         row("ping: manager at N / manager at N=1",
             ratio("ping", "ping", one))
@@ -402,6 +462,13 @@ def main() -> None:
         row(f"CPU per pipeline, {label}: hub / recorder / manager (task included)",
             lambda r, kind=kind: " / ".join(f"{r['cpu'][kind][g]:.0f}" for g in
                                             ("hub", "recorders", "manager")) + " us")
+    for kind, label in (("ping", "ping"), ("ping_serial", "serial ping"),
+                        ("ping_serial_tasks", "serial task ping"), ("start", "start"),
+                        ("start_serial", "serial start"),
+                        ("start_serial_tasks", "serial task start")):
+        row(f"site CPU per call and cores busy during it (medians), {label}",
+            lambda r, kind=kind: (f"{r['busy'][kind][1]:.1f} ms, "
+                                  f"{r['busy'][kind][0]:.2f} cores"))
     row("start spread for one \"now\", median / max",
         lambda r: (f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms"
                    if r["spread"] else "n/a"))
