@@ -393,63 +393,52 @@ def main() -> None:
     def row(label, fn):
         rows.append([label] + [fn(r) for r in results])
 
-    row("manager ping (WAMP), median / p99", lambda r: fmt(r["ping"]))
-    row("manager ping, fan-out inside the manager, median / p99",
-        lambda r: fmt(r["ping_inside"]))
-    row("manager ping (OCSClient, HTTP), median / p99", lambda r: fmt(r["ping_ocsclient"]))
-    row("serial manager ping, median / p99", lambda r: fmt(r["ping_serial"]))
-    row("serial manager ping, fan-out inside it, median / p99",
-        lambda r: fmt(r["ping_serial_inside"]))
-    row("floor: N concurrent task calls, median / p99", lambda r: fmt(r["floor_tasks"]))
-    row("floor: N concurrent bare WAMP calls, median / p99", lambda r: fmt(r["floor_bare"]))
-    row("floor: agent task making N concurrent bare calls, median / p99",
-        lambda r: fmt(r["floor_agent"]))
-    row("floor: that agent's fan-out, timed inside it, median / p99",
-        lambda r: fmt(r["floor_agent_inside"]))
-    row("N concurrent direct ping calls, median / p99", lambda r: fmt(r["floor_direct"]))
-    row("manager start, median / p99", lambda r: fmt(r["start"]))
-    row("manager start, fan-out inside the manager, median / p99",
-        lambda r: fmt(r["start_inside"]))
-    row("manager stop, median / p99", lambda r: fmt(r["stop"]))
-    row("serial manager start, median / p99", lambda r: fmt(r["start_serial"]))
-    row("serial manager start, fan-out inside it, median / p99",
-        lambda r: fmt(r["start_serial_inside"]))
-    row("serial task fan-out (the spec's): ping, median / p99",
-        lambda r: fmt(r["ping_serial_tasks"]))
-    row("serial task fan-out (the spec's): ping, fan-out inside the agent, median / p99",
-        lambda r: fmt(r["ping_serial_tasks_inside"]))
-    row("serial task fan-out (the spec's): start, median / p99",
-        lambda r: fmt(r["start_serial_tasks"]))
-    row("serial task fan-out (the spec's): start, fan-out inside the agent, median / p99",
-        lambda r: fmt(r["start_serial_tasks_inside"]))
-    row("ping: manager / floor (tasks)",
-        ratio("ping", "floor_tasks"))
-    row("ping: manager / floor (bare)",
-        ratio("ping", "floor_bare"))
-    row("ping fan-out inside the manager / floor (bare)",
-        ratio("ping_inside", "floor_bare"))
-    row("ping: manager / floor (agent task)",
-        ratio("ping", "floor_agent"))
-    row("ping: fan-out inside the manager / inside the floor agent",
-        ratio("ping_inside", "floor_agent_inside"))
-    row("start: manager / floor (bare)",
-        ratio("start", "floor_bare"))
-    row("ping: serial / manager",
-        ratio("ping_serial", "ping"))
-    row("start: serial / manager",
-        ratio("start_serial", "start"))
-    row("ping: fan-out inside, serial / concurrent",
-        ratio("ping_serial_inside", "ping_inside"))
-    row("start: fan-out inside, serial / concurrent",
-        ratio("start_serial_inside", "start_inside"))
-    row("ping: serial task fan-out / manager",
-        ratio("ping_serial_tasks", "ping"))
-    row("start: serial task fan-out / manager",
-        ratio("start_serial_tasks", "start"))
-    row("ping: fan-out inside, serial task / manager",
-        ratio("ping_serial_tasks_inside", "ping_inside"))
-    row("start: fan-out inside, serial task / manager",
-        ratio("start_serial_tasks_inside", "start_inside"))
+    latency_rows = [
+        ("manager ping (WAMP), median / p99", "ping"),
+        ("manager ping, fan-out inside the manager, median / p99", "ping_inside"),
+        ("manager ping (OCSClient, HTTP), median / p99", "ping_ocsclient"),
+        ("serial manager ping, median / p99", "ping_serial"),
+        ("serial manager ping, fan-out inside it, median / p99", "ping_serial_inside"),
+        ("floor: N concurrent task calls, median / p99", "floor_tasks"),
+        ("floor: N concurrent bare WAMP calls, median / p99", "floor_bare"),
+        ("floor: agent task making N concurrent bare calls, median / p99", "floor_agent"),
+        ("floor: that agent's fan-out, timed inside it, median / p99", "floor_agent_inside"),
+        ("N concurrent direct ping calls, median / p99", "floor_direct"),
+        ("manager start, median / p99", "start"),
+        ("manager start, fan-out inside the manager, median / p99", "start_inside"),
+        ("manager stop, median / p99", "stop"),
+        ("serial manager start, median / p99", "start_serial"),
+        ("serial manager start, fan-out inside it, median / p99", "start_serial_inside"),
+        ("serial task fan-out (the spec's): ping, median / p99", "ping_serial_tasks"),
+        ("serial task fan-out (the spec's): ping, fan-out inside the agent, median / p99",
+         "ping_serial_tasks_inside"),
+        ("serial task fan-out (the spec's): start, median / p99", "start_serial_tasks"),
+        ("serial task fan-out (the spec's): start, fan-out inside the agent, median / p99",
+         "start_serial_tasks_inside"),
+    ]
+    for label, key in latency_rows:
+        row(label, lambda r, key=key: fmt(r[key]))
+    ratio_rows = [
+        ("ping: manager / floor (tasks)", "ping", "floor_tasks"),
+        ("ping: manager / floor (bare)", "ping", "floor_bare"),
+        ("ping fan-out inside the manager / floor (bare)", "ping_inside", "floor_bare"),
+        ("ping: manager / floor (agent task)", "ping", "floor_agent"),
+        ("ping: fan-out inside the manager / inside the floor agent", "ping_inside",
+         "floor_agent_inside"),
+        ("start: manager / floor (bare)", "start", "floor_bare"),
+        ("ping: serial / manager", "ping_serial", "ping"),
+        ("start: serial / manager", "start_serial", "start"),
+        ("ping: fan-out inside, serial / concurrent", "ping_serial_inside", "ping_inside"),
+        ("start: fan-out inside, serial / concurrent", "start_serial_inside", "start_inside"),
+        ("ping: serial task fan-out / manager", "ping_serial_tasks", "ping"),
+        ("start: serial task fan-out / manager", "start_serial_tasks", "start"),
+        ("ping: fan-out inside, serial task / manager", "ping_serial_tasks_inside",
+         "ping_inside"),
+        ("start: fan-out inside, serial task / manager", "start_serial_tasks_inside",
+         "start_inside"),
+    ]
+    for label, key, base_key in ratio_rows:
+        row(label, ratio(key, base_key))
     if one:
         row("ping: manager at N / manager at N=1",
             ratio("ping", "ping", one))
