@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-stop test unit docs benchmarks clean
+.PHONY: demo demo-stop test lint unit docs benchmarks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,docs,hub]'
+	$(PY) -m pip install -q -e '.[test,docs,hub,sim]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -20,7 +20,11 @@ demo-stop: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
-test: $(VENV)/.installed docs
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(VENV)/.installed lint docs
 	$(PY) -m pytest -q -ra
 
 unit: $(VENV)/.installed

@@ -15,6 +15,7 @@ figures describe ("the same task calls one after another"): it calls each target
 over the agent's own session; ``"now"`` in ``start_mjd``/``stop_mjd`` is resolved once, as the
 manager resolves it. Started and stopped by visibility_fanout.py; not a part of the package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ class BenchFloor:
     @inlineCallbacks
     def ping(self, session, params=None):
         t0 = time.perf_counter()
-        yield defer.gatherResults([self.agent.call(address, "get_agent_class")
-                                   for address in self.addresses])
+        yield defer.gatherResults(
+            [self.agent.call(address, "get_agent_class") for address in self.addresses]
+        )
         session.data = {"fan_out_ms": (time.perf_counter() - t0) * 1e3}
         return True, f"{len(self.addresses)} bare calls answered"
 
@@ -52,13 +54,13 @@ class BenchFloor:
         t0 = time.perf_counter()
         failed = []
         for address in self.addresses:
-            code, message, _ = yield self.agent.call(f"{address}.ops", "start", op,
-                                                     call_params, **kw)
+            code, message, _ = yield self.agent.call(
+                f"{address}.ops", "start", op, call_params, **kw
+            )
             if code != 0:
                 failed.append(f"{address}: {message}")
                 continue
-            _, _, answer = yield self.agent.call(f"{address}.ops", "wait", op, timeout=30,
-                                                 **kw)
+            _, _, answer = yield self.agent.call(f"{address}.ops", "wait", op, timeout=30, **kw)
             if not answer.get("success"):
                 failed.append(f"{address}: {answer.get('messages', [])[-1:]}")
         session.data = {"fan_out_ms": (time.perf_counter() - t0) * 1e3}

@@ -1,11 +1,12 @@
 """Small helpers shared by the benchmark scripts: percentiles and an RST table."""
+
 from __future__ import annotations
 
 import datetime
 import os
 import platform
 import statistics
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -21,17 +22,25 @@ def median(values: Sequence[float]) -> float:
 
 
 def rst_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> str:
-    cols = list(zip(header, *rows))
+    cols = list(zip(header, *rows, strict=False))
     widths = [max(len(str(c)) for c in col) for col in cols]
     rule = "  ".join("=" * w for w in widths)
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
-    lines = [f"Measured {datetime.date.today().isoformat()} ({machine}). {title}".rstrip(), "",
-             rule, fmt(header), rule, *[fmt(r) for r in rows], rule, ""]
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} ({machine}). {title}".rstrip(),
+        "",
+        rule,
+        fmt(header),
+        rule,
+        *[fmt(r) for r in rows],
+        rule,
+        "",
+    ]
     return "\n".join(lines)
 
 
-def emit(text: str, docs_file: Optional[str]) -> None:
+def emit(text: str, docs_file: str | None) -> None:
     print(text)
     if docs_file:
         with open(docs_file, "w") as f:
@@ -60,7 +69,11 @@ def read_rst_table(path: str) -> tuple[str, list[list[str]]]:
     for segment in lines[rules[0]].split("  "):
         spans.append((pos, pos + len(segment)))
         pos += len(segment) + 2
-    cut = lambda line: [line[a:b if i < len(spans) - 1 else None].strip()  # noqa: E731
-                        for i, (a, b) in enumerate(spans)]
-    rows = [cut(lines[rules[0] + 1])] + [cut(line) for line in lines[rules[1] + 1:rules[2]]]
+
+    def cut(line: str) -> list[str]:
+        return [
+            line[a : b if i < len(spans) - 1 else None].strip() for i, (a, b) in enumerate(spans)
+        ]
+
+    rows = [cut(lines[rules[0] + 1])] + [cut(line) for line in lines[rules[1] + 1 : rules[2]]]
     return lines[0], rows

@@ -11,9 +11,11 @@ client; they share the machine's cores with the agent and the hub.
 The reference (a Flask app under gunicorn, one worker, two threads) is not installable here;
 the spec gives no measured figures for it, so only its design limits are stated.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import multiprocessing
@@ -26,8 +28,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import emit, median, percentile, rst_table, run_scenario  # noqa: E402
 
-from socs_agents.sim.dune import DuneWriter, OrchestratorClient  # noqa: E402
-from socs_agents.testing import AgentProcess, LocalSite, free_port, wait_for  # noqa: E402
+from socs_agents.dev.sim.dune import DuneWriter, OrchestratorClient  # noqa: E402
+from socs_agents.dev.testing import AgentProcess, LocalSite, free_port, wait_for  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(HERE, "..", "docs", "figures", "file_orchestrator.rst")
@@ -45,10 +47,18 @@ class Bench:
         port = free_port()
         root = os.path.join(self.workdir, f"orch-{self.n}")
         iid = f"bench-orchestrator-{self.n}"
-        self.site.add_instance("FileOrchestrator", iid, [
-            ["--volume", os.path.join(root, "vol")], ["--http-interface", "127.0.0.1"],
-            ["--http-port", port], ["--state-db", os.path.join(root, "state.db")],
-            ["--host-name", HOST], ["--lease-timeout", lease_timeout]])
+        self.site.add_instance(
+            "FileOrchestrator",
+            iid,
+            [
+                ["--volume", os.path.join(root, "vol")],
+                ["--http-interface", "127.0.0.1"],
+                ["--http-port", port],
+                ["--state-db", os.path.join(root, "state.db")],
+                ["--host-name", HOST],
+                ["--lease-timeout", lease_timeout],
+            ],
+        )
         agent = self.site.start_agent(iid)
         return agent, port, root, iid
 
@@ -64,9 +74,13 @@ def add_records(port: int, n: int, per_file: int = 10_000, prefix: str = "bench"
         number = 1
         for i in range(0, n, per_file):
             k = min(per_file, n - i)
-            status, answer = c.new_file(HOST, f"/data/bench/{prefix}_run000001_{i // per_file:04d}"
-                                        ".hdf5", 1, "TriggerRecord",
-                                        [[number + j, 0] for j in range(k)])
+            status, answer = c.new_file(
+                HOST,
+                f"/data/bench/{prefix}_run000001_{i // per_file:04d}.hdf5",
+                1,
+                "TriggerRecord",
+                [[number + j, 0] for j in range(k)],
+            )
             assert status == 200, answer
             number += k
     finally:
@@ -119,8 +133,9 @@ def run_workers(target, port: int, workers: int, seconds: float) -> list:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 1.5  # let the spawned interpreters come up first
-    procs = [ctx.Process(target=target, args=(port, start_at, seconds, out))
-             for _ in range(workers)]
+    procs = [
+        ctx.Process(target=target, args=(port, start_at, seconds, out)) for _ in range(workers)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=seconds + 60) for _ in procs]
@@ -136,6 +151,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 # ---- scenarios: each returns {row label: figure text} ------------------------------------
+
 
 def sc_throughput(b: Bench, q: bool) -> dict:
     seconds = 5 if q else 20
@@ -153,11 +169,13 @@ def sc_throughput(b: Bench, q: bool) -> dict:
             codes[k] = codes.get(k, 0) + v
     ok = codes.get(200, 0)
     out = {
-        f"read-next, 4 dispatchers, keep-alive ({seconds} s)":
+        f"read-next, 4 dispatchers, keep-alive ({seconds} s)": (
             f"{len(lat) / seconds:,.0f}/s ({ok:,} records handed out; statuses "
-            f"{dict(sorted(codes.items()))})",
-        "read-next latency, median / p99 / max":
-            f"{median(lat):.2f} / {percentile(lat, 99):.2f} / {max(lat):.1f} ms",
+            f"{dict(sorted(codes.items()))})"
+        ),
+        "read-next latency, median / p99 / max": (
+            f"{median(lat):.2f} / {percentile(lat, 99):.2f} / {max(lat):.1f} ms"
+        ),
         "agent CPU per read-next": f"{cpu / max(len(lat), 1) * 1e6:.0f} us",
     }
     b.kill(agent)
@@ -193,9 +211,12 @@ def sc_discovery(b: Bench, q: bool) -> dict:
         time.sleep(0.05)
     c.close()
     b.kill(agent)
-    return {f"file renamed into place -> first record handed out ({n} files)":
+    return {
+        f"file renamed into place -> first record handed out ({n} files)": (
             f"median {median(lat):.0f} / p99 {percentile(lat, 99):.0f} / max "
-            f"{max(lat):.0f} ms" + ("" if len(lat) == n else f" ({n - len(lat)} never)")}
+            f"{max(lat):.0f} ms" + ("" if len(lat) == n else f" ({n - len(lat)} never)")
+        )
+    }
 
 
 def sc_restart(b: Bench, q: bool) -> dict:
@@ -226,17 +247,23 @@ def sc_restart(b: Bench, q: bool) -> dict:
                     s.close()
             except OSError:
                 return None
+
         status, body = wait_for(serving, 30, "HTTP after restart", interval=0.005)
         times.append(time.monotonic() - t0)
         assert body["counts"] == before, (body["counts"], before)
-        wait_for(lambda: "loaded in" in agent.log_text(), 10, "the load line")
+        wait_for(lambda agent=agent: "loaded in" in agent.log_text(), 10, "the load line")
         m = re.findall(r"loaded in (\d+) ms", agent.log_text())
         loads.append(int(m[-1]))
     b.kill(agent)
-    return {f"kill -9, restart with {records:,} records ({before['pending']:,} pending, "
-            f"{before['active']:,} active): process start to HTTP serving":
-            " / ".join(f"{t:.2f}" for t in times) + " s (state loaded in "
-            + " / ".join(f"{x}" for x in loads) + " ms); nothing lost"}
+    return {
+        f"kill -9, restart with {records:,} records ({before['pending']:,} pending, "
+        f"{before['active']:,} active): process start to HTTP serving": " / ".join(
+            f"{t:.2f}" for t in times
+        )
+        + " s (state loaded in "
+        + " / ".join(f"{x}" for x in loads)
+        + " ms); nothing lost"
+    }
 
 
 def main() -> None:
@@ -252,22 +279,35 @@ def main() -> None:
         for name in wanted:
             bench = Bench(site, os.path.join(tmp, name))
             t0 = time.monotonic()
-            out = run_scenario(lambda: globals()[f"sc_{name}"](bench, args.quick), name, site)
+            out = run_scenario(
+                functools.partial(globals()[f"sc_{name}"], bench, args.quick), name, site
+            )
             results.update(out)
             print(f"{name} ({time.monotonic() - t0:.0f} s): {out}", flush=True)
     targets = {
-        "read-next": "≥ 1,000/s", "read-next latency": "p99 ≤ 10 ms",
-        "file renamed": "≤ 200 ms", "kill -9": "≤ 2 s",
+        "read-next": "≥ 1,000/s",
+        "read-next latency": "p99 ≤ 10 ms",
+        "file renamed": "≤ 200 ms",
+        "kill -9": "≤ 2 s",
     }
     rows = []
     for label, text in results.items():
-        target = next((t for k, t in sorted(targets.items(), key=lambda kv: -len(kv[0]))
-                       if label.startswith(k)), "")
+        target = next(
+            (
+                t
+                for k, t in sorted(targets.items(), key=lambda kv: -len(kv[0]))
+                if label.startswith(k)
+            ),
+            "",
+        )
         rows.append([label, text, target])
-    title = (("Quick run." if args.quick else "Full run.")
-             + f" Load average {load0:.1f} at start (other work on the machine).")
-    emit(rst_table(["what", "socs-agents FileOrchestrator", "target"], rows, title),
-         DOCS if args.write_docs else None)
+    title = (
+        "Quick run." if args.quick else "Full run."
+    ) + f" Load average {load0:.1f} at start (other work on the machine)."
+    emit(
+        rst_table(["what", "socs-agents FileOrchestrator", "target"], rows, title),
+        DOCS if args.write_docs else None,
+    )
 
 
 if __name__ == "__main__":

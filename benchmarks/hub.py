@@ -1,7 +1,8 @@
 """Hub start time, agent start-to-callable time, and OCSClient call latency on loopback.
 
-    .venv/bin/python benchmarks/hub.py [--calls 300] [--write-docs]
+.venv/bin/python benchmarks/hub.py [--calls 300] [--write-docs]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, median, percentile, rst_table  # noqa: E402
 
-from socs_agents.testing import LocalSite  # noqa: E402
+from socs_agents.dev.testing import LocalSite  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures", "hub.rst")
 
@@ -50,16 +51,25 @@ def main() -> None:
                 task_ms.append((time.perf_counter() - t0) * 1e3)
 
     rows = [
-        ["hub cold start to /info answering", f"{median(hub_starts):.2f} s (median of "
-         f"{len(hub_starts)}; max {max(hub_starts):.2f} s)"],
+        [
+            "hub cold start to /info answering",
+            f"{median(hub_starts):.2f} s (median of "
+            f"{len(hub_starts)}; max {max(hub_starts):.2f} s)",
+        ],
         ["agent process start to callable (HostManager)", f"{agent.callable_after:.2f} s"],
-        ["OCSClient status() (one HTTP call), median / p99",
-         f"{median(status_ms):.2f} / {percentile(status_ms, 99):.2f} ms"],
-        ["OCSClient task() (start + wait), median / p99",
-         f"{median(task_ms):.2f} / {percentile(task_ms, 99):.2f} ms"],
+        [
+            "OCSClient status() (one HTTP call), median / p99",
+            f"{median(status_ms):.2f} / {percentile(status_ms, 99):.2f} ms",
+        ],
+        [
+            "OCSClient task() (start + wait), median / p99",
+            f"{median(task_ms):.2f} / {percentile(task_ms, 99):.2f} ms",
+        ],
     ]
-    emit(rst_table(["what", "figure"], rows, f"{args.calls} calls each."),
-         DOCS if args.write_docs else None)
+    emit(
+        rst_table(["what", "figure"], rows, f"{args.calls} calls each."),
+        DOCS if args.write_docs else None,
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ socs's agent is installed from PyPI into a virtual environment of its own
 crossbar hub; the simulator writes real files and sends the publisher's datagrams; a watcher
 thread reads the database every 2 ms to see when each row appears.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sqlite3
@@ -20,15 +22,13 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import (emit, median, percentile, read_rst_table, rst_table,  # noqa: E402
-                     run_scenario)
+from _report import emit, median, percentile, read_rst_table, rst_table, run_scenario  # noqa: E402
 
 from socs_agents.agents.pysmurf_monitor.agent import kernel_udp_rcvbuf_errors  # noqa: E402
-from socs_agents.sim.smurf import SmurfSimulator  # noqa: E402
-from socs_agents.testing import LocalSite, free_udp_port, wait_for  # noqa: E402
+from socs_agents.dev.sim.smurf import SmurfSimulator  # noqa: E402
+from socs_agents.dev.testing import LocalSite, free_udp_port, wait_for  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(HERE, "..", "docs", "figures", "pysmurf_monitor.rst")
@@ -41,8 +41,7 @@ def ensure_socs_venv(path: str) -> str:
     if not os.path.exists(os.path.join(path, ".socs-installed")):
         print(f"installing socs {SOCS_VERSION} into {path} (first run only) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", path], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", f"socs=={SOCS_VERSION}"],
-                       check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", f"socs=={SOCS_VERSION}"], check=True)
         open(os.path.join(path, ".socs-installed"), "w").close()
     return python
 
@@ -68,8 +67,10 @@ class RowWatcher:
                         continue
                     con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=1)
                 now = time.time()
-                for rid, path in con.execute("SELECT id, local_path FROM supersync_v0 "
-                                             "WHERE id > ? ORDER BY id", (self._last_id,)):
+                for rid, path in con.execute(
+                    "SELECT id, local_path FROM supersync_v0 WHERE id > ? ORDER BY id",
+                    (self._last_id,),
+                ):
                     self._last_id = rid
                     self.rows += 1
                     self.seen.setdefault(path, now)
@@ -89,11 +90,11 @@ class RowWatcher:
 
 
 class Bench:
-    def __init__(self, site: LocalSite, kind: str, python: Optional[str], workdir: str):
+    def __init__(self, site: LocalSite, kind: str, python: str | None, workdir: str):
         self.site, self.kind, self.python, self.workdir = site, kind, python, workdir
         self.n = 0
 
-    def start(self, extra: Optional[list] = None):
+    def start(self, extra: list | None = None):
         """A fresh agent with a fresh database; returns (agent, sim, watcher, paths)."""
         self.n += 1
         port = free_udp_port()
@@ -104,8 +105,7 @@ class Bench:
             args.append(["--udp-host", "127.0.0.1"])
         self.site.add_instance("PysmurfMonitor", iid, args + (extra or []))
         agent = self.site.start_agent(iid, python=self.python)
-        sim = SmurfSimulator(os.path.join(self.workdir, f"data-{self.kind}-{self.n}"),
-                             port=port)
+        sim = SmurfSimulator(os.path.join(self.workdir, f"data-{self.kind}-{self.n}"), port=port)
         return agent, sim, RowWatcher(db_path), db_path, iid
 
     def restart(self, iid: str):
@@ -119,6 +119,7 @@ LINKS_PER_BASE = 50_000
 def mass_files(sim: SmurfSimulator, n: int) -> list[tuple[str, bytes]]:
     """``n`` distinct announced files cheaply: hard links to a few small real files."""
     import json
+
     out: list[tuple[str, bytes]] = []
     for i in range(n):
         if i % LINKS_PER_BASE == 0:
@@ -149,16 +150,20 @@ def stop_agent(bench: Bench, agent, watcher: RowWatcher, sim: SmurfSimulator) ->
 
 # ---- scenarios: each returns {row label: figure text} ------------------------------------
 
+
 def sc_latency(b: Bench, q: bool) -> dict:
     agent, sim, w, _, _ = b.start()
     files = sim.files(60 if q else 200, g3_every=0)
     sent = sim.send_paced([dg for _, dg in files], rate=20)
     w.wait_rows([p for p, _ in files], 10)
-    lat = [(w.seen[p] - t) * 1e3 for (p, _), t in zip(files, sent) if p in w.seen]
+    lat = [(w.seen[p] - t) * 1e3 for (p, _), t in zip(files, sent, strict=False) if p in w.seen]
     stop_agent(b, agent, w, sim)
-    return {"send to row, median / p99 (1 per 50 ms)":
+    return {
+        "send to row, median / p99 (1 per 50 ms)": (
             f"{median(lat):.1f} / {percentile(lat, 99):.1f} ms"
-            + ("" if len(lat) == len(files) else f" ({len(files) - len(lat)} lost)")}
+            + ("" if len(lat) == len(files) else f" ({len(files) - len(lat)} lost)")
+        )
+    }
 
 
 def sc_rate(b: Bench, q: bool) -> dict:
@@ -180,10 +185,15 @@ def sc_rate(b: Bench, q: bool) -> dict:
         stop_agent(b, agent, w, sim)
         if lost:
             break
-    return {f"highest paced rate with nothing lost ({seconds} s)":
-            (f"{best}/s" if best else "below 2000/s") + f" [{'; '.join(detail)}]",
-            "CPU per file (agent process, at that rate)":
-            f"{cpu_per_file:.0f} us" if cpu_per_file else "n/a"}
+    return {
+        f"highest paced rate with nothing lost ({seconds} s)": (
+            f"{best}/s" if best else "below 2000/s"
+        )
+        + f" [{'; '.join(detail)}]",
+        "CPU per file (agent process, at that rate)": f"{cpu_per_file:.0f} us"
+        if cpu_per_file
+        else "n/a",
+    }
 
 
 def sc_burst(b: Bench, q: bool) -> dict:
@@ -212,12 +222,15 @@ def sc_bigfiles(b: Bench, q: bool) -> dict:
         sim.send(dg)
     sent = sim.send_paced([dg for _, dg in small], rate=20)
     w.wait_rows([p for p, _ in small + bigs], 120)
-    lat = [(w.seen[p] - t) * 1e3 for (p, _), t in zip(small, sent) if p in w.seen]
+    lat = [(w.seen[p] - t) * 1e3 for (p, _), t in zip(small, sent, strict=False) if p in w.seen]
     for p, _ in bigs:
         os.remove(p)
     stop_agent(b, agent, w, sim)
-    return {f"small-file latency during four {size >> 20} MB checksums, median / p99":
-            f"{median(lat):.0f} / {percentile(lat, 99):.0f} ms"}
+    return {
+        f"small-file latency during four {size >> 20} MB checksums, median / p99": (
+            f"{median(lat):.0f} / {percentile(lat, 99):.0f} ms"
+        )
+    }
 
 
 def _interrupted(b: Bench, q: bool, sig: int) -> tuple[int, int, Bench, tuple]:
@@ -229,7 +242,7 @@ def _interrupted(b: Bench, q: bool, sig: int) -> tuple[int, int, Bench, tuple]:
         agent.kill()
     else:
         agent.send_signal(sig)
-    sim.send_paced([dg for _, dg in files[cut:cut + 500]], rate=1000)
+    sim.send_paced([dg for _, dg in files[cut : cut + 500]], rate=1000)
     if sig != signal.SIGKILL:
         agent.proc.wait(30)
     w.wait_rows([p for p, _ in files[:cut]], 5)
@@ -275,8 +288,9 @@ def sc_dblock(b: Bench, q: bool) -> dict:
     lost = sum(1 for p, _ in files if p not in w.seen)
     catch_up = max(w.seen.get(p, time.time()) for p, _ in files) - unlocked
     stop_agent(b, agent, w, sim)
-    return {f"database write-locked {hold} s": f"{lost} lost; all rows {catch_up:.2f} s after "
-            "unlock"}
+    return {
+        f"database write-locked {hold} s": f"{lost} lost; all rows {catch_up:.2f} s after unlock"
+    }
 
 
 def main() -> None:
@@ -284,12 +298,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter scenarios")
     parser.add_argument("--only", choices=["ours", "socs"], help="run one implementation")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--socs-venv", default=os.path.join(
-        os.path.expanduser("~"), ".cache", "socs-agents", f"socs-{SOCS_VERSION}-venv"))
+    parser.add_argument(
+        "--socs-venv",
+        default=os.path.join(
+            os.path.expanduser("~"), ".cache", "socs-agents", f"socs-{SOCS_VERSION}-venv"
+        ),
+    )
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--update-docs", action="store_true",
-                        help="re-measure the given scenarios and replace only their rows in "
-                        "the docs table (both implementations must run)")
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="re-measure the given scenarios and replace only their rows in "
+        "the docs table (both implementations must run)",
+    )
     args = parser.parse_args()
     wanted = [s for s in args.scenarios.split(",") if s]
     kinds = [args.only] if args.only else ["ours", "socs"]
@@ -303,14 +324,14 @@ def main() -> None:
             for kind in kinds:
                 bench = Bench(site, kind, pythons[kind], os.path.join(tmp, name))
                 t0 = time.monotonic()
-                out = run_scenario(lambda: globals()[f"sc_{name}"](bench, args.quick), name,
-                                   site)
+                out = run_scenario(
+                    functools.partial(globals()[f"sc_{name}"], bench, args.quick), name, site
+                )
                 results[kind].update(out)
                 print(f"[{kind}] {name} ({time.monotonic() - t0:.0f} s): {out}", flush=True)
 
     labels = list(dict.fromkeys(k for r in results.values() for k in r))
-    header = ["what"] + [("socs-agents" if k == "ours" else f"socs {SOCS_VERSION}")
-                         for k in kinds]
+    header = ["what"] + [("socs-agents" if k == "ours" else f"socs {SOCS_VERSION}") for k in kinds]
     rows = [[label] + [results[k].get(label, "-") for k in kinds] for label in labels]
     title = "Quick run." if args.quick else "Full run."
     if args.update_docs:
@@ -322,8 +343,10 @@ def main() -> None:
         rows = kept + list(fresh.values())
         # Keep the table's own title ("Full run." / "Quick run.") and say what was redone.
         title = first.split("). ", 1)[1].split(" Rows of ")[0] if "). " in first else title
-        title += (f" Rows of {', '.join(wanted)} re-measured {time.strftime('%Y-%m-%d')}, "
-                  "both implementations in one run.")
+        title += (
+            f" Rows of {', '.join(wanted)} re-measured {time.strftime('%Y-%m-%d')}, "
+            "both implementations in one run."
+        )
     emit(rst_table(header, rows, title), DOCS if args.write_docs or args.update_docs else None)
 
 

@@ -35,6 +35,7 @@ session in this process (asyncio autobahn, in a thread) times, each over the sam
 
 Also the manager's ping through ``OCSClient`` (HTTP, what scripts see).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,14 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, median, percentile, rst_table  # noqa: E402
 
 from socs_agents.agents.visibility_recorder.schedule import Schedule  # noqa: E402
-from socs_agents.testing import AgentProcess, LocalSite, WampCaller  # noqa: E402
+from socs_agents.dev.testing import AgentProcess, LocalSite, WampCaller  # noqa: E402
 
-DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures",
-                    "visibility_manager.rst")
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures", "visibility_manager.rst")
 PW2 = "bench-pw2"
 POLICY = ["--access-policy", f"override:{PW2},bench-pw3"]
 LEAD = 0.3
@@ -132,12 +131,13 @@ class CpuMeter:
         result = call()
         wall = (time.perf_counter() - t0) * 1e3
         site = cpu_ms(self.groups["site"]) - site
-        used = self.used.setdefault(kind, {"calls": 0, "hub": 0.0, "recorders": 0.0,
-                                           "manager": 0.0, "site": [], "busy": []})
+        used = self.used.setdefault(
+            kind, {"calls": 0, "hub": 0.0, "recorders": 0.0, "manager": 0.0, "site": [], "busy": []}
+        )
         used["calls"] += 1
         used["site"].append(site)
         used["busy"].append(site / wall)
-        for key, g, b in zip(("hub", "recorders", "manager"), names, before):
+        for key, g, b in zip(("hub", "recorders", "manager"), names, before, strict=False):
             used[key] += cpu_ms(self.groups[g]) - b
         return result
 
@@ -174,8 +174,16 @@ FLOOR_AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_floor_a
 def floor_agent(site: LocalSite, iid: str) -> AgentProcess:
     """The floor agent (``_floor_agent.py``, not a plugin of the package) as a process."""
     agent = AgentProcess(site, iid)
-    agent.cmd = [sys.executable, "-u", FLOOR_AGENT, "--instance-id", iid, *site.client_args,
-                 "--crossbar-timeout", "20"]
+    agent.cmd = [
+        sys.executable,
+        "-u",
+        FLOOR_AGENT,
+        "--instance-id",
+        iid,
+        *site.client_args,
+        "--crossbar-timeout",
+        "20",
+    ]
     return agent
 
 
@@ -191,31 +199,52 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
     data_dir = os.path.join(site.workdir, "data")
     rec_ids = [f"drv-{i:02d}" for i in range(n)]
     for iid in rec_ids:
-        site.add_instance("VisibilityRecorder", iid, [
-            ["--mode", "slow"], ["--data-dir", data_dir],
-            ["--db-path", os.path.join(site.workdir, "suprsync.db")],
-            ["--integration-time", 0.5], ["--n-antennas", 4], ["--n-channels", 16],
-            ["--now-lead", LEAD], ["--monitor-interval", 5], POLICY])
+        site.add_instance(
+            "VisibilityRecorder",
+            iid,
+            [
+                ["--mode", "slow"],
+                ["--data-dir", data_dir],
+                ["--db-path", os.path.join(site.workdir, "suprsync.db")],
+                ["--integration-time", 0.5],
+                ["--n-antennas", 4],
+                ["--n-channels", 16],
+                ["--now-lead", LEAD],
+                ["--monitor-interval", 5],
+                POLICY,
+            ],
+        )
     for iid, extra in (("mgr", []), ("mgr-serial", [["--serial"]])):
-        site.add_instance("VisibilityManager", iid, [
-            ["--mode", "slow"], ["--pipelines", *rec_ids], ["--timeout", 10],
-            ["--now-lead", LEAD], ["--recorder-password", PW2], ["--monitor-interval", 5],
-            *extra, POLICY])
+        site.add_instance(
+            "VisibilityManager",
+            iid,
+            [
+                ["--mode", "slow"],
+                ["--pipelines", *rec_ids],
+                ["--timeout", 10],
+                ["--now-lead", LEAD],
+                ["--recorder-password", PW2],
+                ["--monitor-interval", 5],
+                *extra,
+                POLICY,
+            ],
+        )
     site.add_instance("BenchFloor", "floor", [["--targets", *rec_ids]])
     out: dict = {"n": n}
     with site:
         t0 = time.monotonic()
-        agents = start_agents(site, rec_ids + ["mgr", "mgr-serial"],
-                              [floor_agent(site, "floor")])
+        agents = start_agents(site, rec_ids + ["mgr", "mgr-serial"], [floor_agent(site, "floor")])
         out["start_s"] = time.monotonic() - t0
         out["load_before"] = os.getloadavg()[0]
         caller = BenchCaller(site)
         mgr, serial, floor = agents[-3], agents[-2], agents[-1]
-        groups = {"hub": process_tree(site.hub_pid),
-                  "recorders": [p for a in agents[:n] for p in process_tree(a.proc.pid)],
-                  "mgr": process_tree(mgr.proc.pid),
-                  "mgr-serial": process_tree(serial.proc.pid),
-                  "floor": process_tree(floor.proc.pid)}
+        groups = {
+            "hub": process_tree(site.hub_pid),
+            "recorders": [p for a in agents[:n] for p in process_tree(a.proc.pid)],
+            "mgr": process_tree(mgr.proc.pid),
+            "mgr-serial": process_tree(serial.proc.pid),
+            "floor": process_tree(floor.proc.pid),
+        }
         groups["site"] = [p for g in groups.values() for p in g]
         meter = CpuMeter(groups)
         try:
@@ -235,13 +264,15 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 return await asyncio.gather(*[w.task(i, "ping") for i in rec_ids])
 
             async def floor_bare():
-                return await asyncio.gather(*[w.session.call(f"observatory.{i}",
-                                                             "get_agent_class")
-                                              for i in rec_ids])
+                return await asyncio.gather(
+                    *[w.session.call(f"observatory.{i}", "get_agent_class") for i in rec_ids]
+                )
+
             async def floor_direct():
-                return await asyncio.gather(*[w.session.call(f"observatory.{i}.direct",
-                                                             "ping", {})
-                                              for i in rec_ids])
+                return await asyncio.gather(
+                    *[w.session.call(f"observatory.{i}.direct", "ping", {}) for i in rec_ids]
+                )
+
             w.run(floor_tasks())
             w.run(floor_bare())
             w.run(floor_direct())
@@ -255,37 +286,47 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             def serial_tasks(op: str, params=None):
                 """The spec's serial fan-out: each recorder's OCS task, one after another,
                 from the floor agent; returns its fan-out time (timed inside it)."""
+
                 async def run():
-                    session = await w.task("floor", "serial_tasks", {
-                        "op": op, "params": params or {}, "password": PW2, "lead": LEAD})
+                    session = await w.task(
+                        "floor",
+                        "serial_tasks",
+                        {"op": op, "params": params or {}, "password": PW2, "lead": LEAD},
+                    )
                     assert session["success"], session["messages"][-2:]
                     return session["data"]["fan_out_ms"]
+
                 return run
 
             # Interleaved rounds: a drift in the machine's load hits every series alike.
-            kinds = {"ping": lambda: w.task("mgr", "ping"),
-                     "ping_serial": lambda: w.task("mgr-serial", "ping"),
-                     "floor_agent": floor_agent_task, "floor_bare": floor_bare,
-                     "floor_tasks": floor_tasks, "floor_direct": floor_direct,
-                     "ping_serial_tasks": serial_tasks("ping")}
+            kinds = {
+                "ping": lambda: w.task("mgr", "ping"),
+                "ping_serial": lambda: w.task("mgr-serial", "ping"),
+                "floor_agent": floor_agent_task,
+                "floor_bare": floor_bare,
+                "floor_tasks": floor_tasks,
+                "floor_direct": floor_direct,
+                "ping_serial_tasks": serial_tasks("ping"),
+            }
             for key in kinds:
                 out[key] = []
             out["floor_agent_inside"] = []
             out["ping_serial_tasks_inside"] = []
             offsets = log_size(mgr), log_size(serial)
-            callers = {"ping": "mgr", "ping_serial": "mgr-serial",
-                       "ping_serial_tasks": "floor"}
+            callers = {"ping": "mgr", "ping_serial": "mgr-serial", "ping_serial_tasks": "floor"}
             for _ in range(ping_reps):
                 for key, make in kinds.items():
                     if key in callers:
-                        ms, result = meter.around(key, callers[key],
-                                                  lambda: w.run(w.timed(make)))
+                        ms, result = meter.around(
+                            key, callers[key], lambda make=make: w.run(w.timed(make))
+                        )
                     else:
                         ms, result = w.run(w.timed(make))
                     out[key].append(ms)
                     if key in ("floor_agent", "ping_serial_tasks"):
-                        out[f"{key}_inside" if key != "floor_agent"
-                            else "floor_agent_inside"].append(result)
+                        out[
+                            f"{key}_inside" if key != "floor_agent" else "floor_agent_inside"
+                        ].append(result)
             time.sleep(0.2)  # the log lines of the last calls reach the files
             out["ping_inside"] = fanout_times(mgr, offsets[0], "ping")[-ping_reps:]
             out["ping_serial_inside"] = fanout_times(serial, offsets[1], "ping")[-ping_reps:]
@@ -298,8 +339,11 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             out["ping_ocsclient"] = ocs_ms
 
             def start_stop(iid: str, key: str) -> None:
-                ms, s = meter.around(f"start{key}", iid, lambda: w.run(w.timed(
-                    lambda: w.task(iid, "start", {"start_mjd": "now"}, PW2))))
+                ms, s = meter.around(
+                    f"start{key}",
+                    iid,
+                    lambda: w.run(w.timed(lambda: w.task(iid, "start", {"start_mjd": "now"}, PW2))),
+                )
                 check_all(s)
                 out[f"start{key}"].append(ms)
                 time.sleep(LEAD + 0.15)
@@ -309,16 +353,25 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
                 time.sleep(LEAD + 0.1)
 
             def start_stop_serial_tasks() -> None:
-                ms, inside = meter.around("start_serial_tasks", "floor", lambda: w.run(
-                    w.timed(serial_tasks("start", {"start_mjd": "now"}))))
+                ms, inside = meter.around(
+                    "start_serial_tasks",
+                    "floor",
+                    lambda: w.run(w.timed(serial_tasks("start", {"start_mjd": "now"}))),
+                )
                 out["start_serial_tasks"].append(ms)
                 out["start_serial_tasks_inside"].append(inside)
                 time.sleep(LEAD + 0.15)
                 w.run(serial_tasks("stop", {"stop_mjd": "now"})())
                 time.sleep(LEAD + 0.1)
 
-            for key in ("start", "stop", "start_serial", "stop_serial", "start_serial_tasks",
-                        "start_serial_tasks_inside"):
+            for key in (
+                "start",
+                "stop",
+                "start_serial",
+                "stop_serial",
+                "start_serial_tasks",
+                "start_serial_tasks_inside",
+            ):
                 out[key] = []
             offsets = log_size(mgr), log_size(serial)
             for _ in range(ss_reps):  # interleaved, as the pings
@@ -329,11 +382,16 @@ def measure(n: int, workdir: str, ping_reps: int, ss_reps: int) -> dict:
             out["start_inside"] = fanout_times(mgr, offsets[0], "start")[-ss_reps:]
             out["start_serial_inside"] = fanout_times(serial, offsets[1], "start")[-ss_reps:]
             out["load_after"] = os.getloadavg()[0]
-            out["cpu"] = {kind: {g: used[g] / (used["calls"] * n) * 1e3
-                                 for g in ("hub", "recorders", "manager")}
-                          for kind, used in meter.used.items()}
-            out["busy"] = {kind: (median(used["busy"]), median(used["site"]))
-                           for kind, used in meter.used.items()}
+            out["cpu"] = {
+                kind: {
+                    g: used[g] / (used["calls"] * n) * 1e3 for g in ("hub", "recorders", "manager")
+                }
+                for kind, used in meter.used.items()
+            }
+            out["busy"] = {
+                kind: (median(used["busy"]), median(used["site"]))
+                for kind, used in meter.used.items()
+            }
         finally:
             caller.close()
             t0 = time.monotonic()
@@ -377,15 +435,18 @@ def main() -> None:
         for n in sizes:
             r = measure(n, tmp, ping_reps, ss_reps)
             results.append(r)
-            print(f"N={n}: agents up in {r['start_s']:.1f} s; ping {fmt(r['ping'])}, serial "
-                  f"{fmt(r['ping_serial'])}, floor tasks {fmt(r['floor_tasks'])}, floor bare "
-                  f"{fmt(r['floor_bare'])}; start {fmt(r['start'])}; load "
-                  f"{r['load_before']:.1f}->{r['load_after']:.1f}", flush=True)
+            print(
+                f"N={n}: agents up in {r['start_s']:.1f} s; ping {fmt(r['ping'])}, serial "
+                f"{fmt(r['ping_serial'])}, floor tasks {fmt(r['floor_tasks'])}, floor bare "
+                f"{fmt(r['floor_bare'])}; start {fmt(r['start'])}; load "
+                f"{r['load_before']:.1f}->{r['load_after']:.1f}",
+                flush=True,
+            )
 
     one = next((r for r in results if r["n"] == 1), None)
     rows = []
 
-    def ratio(key: str, base_key: str, base: Optional[dict] = None):
+    def ratio(key: str, base_key: str, base: dict | None = None):
         """A row's cell: the median of ``key`` over the median of ``base_key`` (of the same
         N, or of ``base``)."""
         return lambda r: f"{median(r[key]) / median((base or r)[base_key]):.2f}x"
@@ -410,11 +471,15 @@ def main() -> None:
         ("serial manager start, median / p99", "start_serial"),
         ("serial manager start, fan-out inside it, median / p99", "start_serial_inside"),
         ("serial task fan-out (the spec's): ping, median / p99", "ping_serial_tasks"),
-        ("serial task fan-out (the spec's): ping, fan-out inside the agent, median / p99",
-         "ping_serial_tasks_inside"),
+        (
+            "serial task fan-out (the spec's): ping, fan-out inside the agent, median / p99",
+            "ping_serial_tasks_inside",
+        ),
         ("serial task fan-out (the spec's): start, median / p99", "start_serial_tasks"),
-        ("serial task fan-out (the spec's): start, fan-out inside the agent, median / p99",
-         "start_serial_tasks_inside"),
+        (
+            "serial task fan-out (the spec's): start, fan-out inside the agent, median / p99",
+            "start_serial_tasks_inside",
+        ),
     ]
     for label, key in latency_rows:
         row(label, lambda r, key=key: fmt(r[key]))
@@ -423,8 +488,11 @@ def main() -> None:
         ("ping: manager / floor (bare)", "ping", "floor_bare"),
         ("ping fan-out inside the manager / floor (bare)", "ping_inside", "floor_bare"),
         ("ping: manager / floor (agent task)", "ping", "floor_agent"),
-        ("ping: fan-out inside the manager / inside the floor agent", "ping_inside",
-         "floor_agent_inside"),
+        (
+            "ping: fan-out inside the manager / inside the floor agent",
+            "ping_inside",
+            "floor_agent_inside",
+        ),
         ("start: manager / floor (bare)", "start", "floor_bare"),
         ("ping: serial / manager", "ping_serial", "ping"),
         ("start: serial / manager", "start_serial", "start"),
@@ -432,46 +500,66 @@ def main() -> None:
         ("start: fan-out inside, serial / concurrent", "start_serial_inside", "start_inside"),
         ("ping: serial task fan-out / manager", "ping_serial_tasks", "ping"),
         ("start: serial task fan-out / manager", "start_serial_tasks", "start"),
-        ("ping: fan-out inside, serial task / manager", "ping_serial_tasks_inside",
-         "ping_inside"),
-        ("start: fan-out inside, serial task / manager", "start_serial_tasks_inside",
-         "start_inside"),
+        ("ping: fan-out inside, serial task / manager", "ping_serial_tasks_inside", "ping_inside"),
+        (
+            "start: fan-out inside, serial task / manager",
+            "start_serial_tasks_inside",
+            "start_inside",
+        ),
     ]
     for label, key, base_key in ratio_rows:
         row(label, ratio(key, base_key))
     if one:
-        row("ping: manager at N / manager at N=1",
-            ratio("ping", "ping", one))
-        row("start: manager at N / manager at N=1",
-            ratio("start", "start", one))
-        row("stop: manager at N / manager at N=1",
-            ratio("stop", "stop", one))
-    for kind, label in (("ping", "ping"), ("ping_serial", "serial ping"),
-                        ("start", "start"), ("start_serial", "serial start")):
-        row(f"CPU per pipeline, {label}: hub / recorder / manager (task included)",
-            lambda r, kind=kind: " / ".join(f"{r['cpu'][kind][g]:.0f}" for g in
-                                            ("hub", "recorders", "manager")) + " us")
-    for kind, label in (("ping", "ping"), ("ping_serial", "serial ping"),
-                        ("ping_serial_tasks", "serial task ping"), ("start", "start"),
-                        ("start_serial", "serial start"),
-                        ("start_serial_tasks", "serial task start")):
-        row(f"site CPU per call and cores busy during it (medians), {label}",
-            lambda r, kind=kind: (f"{r['busy'][kind][1]:.1f} ms, "
-                                  f"{r['busy'][kind][0]:.2f} cores"))
-    row("start spread for one \"now\", median / max",
-        lambda r: (f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms"
-                   if r["spread"] else "n/a"))
+        row("ping: manager at N / manager at N=1", ratio("ping", "ping", one))
+        row("start: manager at N / manager at N=1", ratio("start", "start", one))
+        row("stop: manager at N / manager at N=1", ratio("stop", "stop", one))
+    for kind, label in (
+        ("ping", "ping"),
+        ("ping_serial", "serial ping"),
+        ("start", "start"),
+        ("start_serial", "serial start"),
+    ):
+        row(
+            f"CPU per pipeline, {label}: hub / recorder / manager (task included)",
+            lambda r, kind=kind: (
+                " / ".join(f"{r['cpu'][kind][g]:.0f}" for g in ("hub", "recorders", "manager"))
+                + " us"
+            ),
+        )
+    for kind, label in (
+        ("ping", "ping"),
+        ("ping_serial", "serial ping"),
+        ("ping_serial_tasks", "serial task ping"),
+        ("start", "start"),
+        ("start_serial", "serial start"),
+        ("start_serial_tasks", "serial task start"),
+    ):
+        row(
+            f"site CPU per call and cores busy during it (medians), {label}",
+            lambda r, kind=kind: f"{r['busy'][kind][1]:.1f} ms, {r['busy'][kind][0]:.2f} cores",
+        )
+    row(
+        'start spread for one "now", median / max',
+        lambda r: (
+            f"{median(r['spread']):.1f} / {max(r['spread']):.1f} ms" if r["spread"] else "n/a"
+        ),
+    )
     row("actual start after scheduled, median / p99", lambda r: fmt(r["late"]))
     row("recordings missed", lambda r: str(r["missed"]))
-    row("agents start / stop (all together)",
-        lambda r: f"{r['start_s']:.1f} / {r['stop_s']:.1f} s")
-    row("load average (1 min) before / after",
-        lambda r: f"{r['load_before']:.1f} / {r['load_after']:.1f}")
-    title = (f"{'Quick run. ' if args.quick else ''}{ping_reps} pings and {ss_reps} "
-             "start/stop pairs per manager; recorders, managers and the hub share the "
-             "machine.")
-    emit(rst_table(["what"] + [f"N = {r['n']}" for r in results], rows, title),
-         DOCS if args.write_docs else None)
+    row("agents start / stop (all together)", lambda r: f"{r['start_s']:.1f} / {r['stop_s']:.1f} s")
+    row(
+        "load average (1 min) before / after",
+        lambda r: f"{r['load_before']:.1f} / {r['load_after']:.1f}",
+    )
+    title = (
+        f"{'Quick run. ' if args.quick else ''}{ping_reps} pings and {ss_reps} "
+        "start/stop pairs per manager; recorders, managers and the hub share the "
+        "machine."
+    )
+    emit(
+        rst_table(["what"] + [f"N = {r['n']}" for r in results], rows, title),
+        DOCS if args.write_docs else None,
+    )
 
 
 if __name__ == "__main__":

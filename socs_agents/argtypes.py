@@ -1,4 +1,5 @@
 """Argument types shared by the agents' parsers (no OCS or Twisted imports)."""
+
 from __future__ import annotations
 
 import argparse

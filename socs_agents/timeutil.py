@@ -2,6 +2,7 @@
 
 Plain functions on unix timestamps (UTC seconds since 1970): no clock is read here.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -37,5 +38,6 @@ def utc_stamp(t: float, fmt: str = "%Y%m%d_%H%M%S") -> str:
 
 def utc_iso(t: float) -> str:
     """ISO 8601 UTC with milliseconds, for messages (``2026-11-21T10:15:00.000Z``)."""
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return (
+        _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from socs_agents.testing import LocalSite
+from socs_agents.dev.testing import LocalSite
 
 
 @pytest.fixture(scope="session")

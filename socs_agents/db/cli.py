@@ -8,13 +8,14 @@ Examples::
     suprsync-db --db suprsync.db timecodes --archive timestreams
     suprsync-db --db suprsync.db show 42
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .suprsync import SupRsyncDB
 
@@ -23,8 +24,11 @@ DEFAULT_DB = "/data/so/databases/suprsync.db"
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="suprsync-db", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default=os.environ.get("SUPRSYNC_DB", DEFAULT_DB),
-                        help="SupRsync database file (default: $SUPRSYNC_DB or %(default)s)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("SUPRSYNC_DB", DEFAULT_DB),
+        help="SupRsync database file (default: $SUPRSYNC_DB or %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("archives", help="rows per archive")
@@ -50,7 +54,7 @@ def _print_rows(rows: list[dict], columns: Sequence[str]) -> None:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if not os.path.exists(args.db):
         print(f"suprsync-db: no database at {args.db}", file=sys.stderr)
@@ -60,8 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         archives = db.archives()
         archive = getattr(args, "archive", None)
         if archive is not None and archive not in archives:
-            print(f"suprsync-db: archive {archive!r} has no rows in {args.db} "
-                  f"(archives: {', '.join(archives) or 'none'})", file=sys.stderr)
+            print(
+                f"suprsync-db: archive {archive!r} has no rows in {args.db} "
+                f"(archives: {', '.join(archives) or 'none'})",
+                file=sys.stderr,
+            )
             return 2
         if args.command == "archives":
             out = archives
@@ -81,11 +88,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.json:
             print(json.dumps(out, indent=1))
         elif args.command == "list":
-            _print_rows(out, ["id", "archive_name", "timestamp", "deletable",
-                              "local_md5sum", "remote_path", "local_path"])
+            _print_rows(
+                out,
+                [
+                    "id",
+                    "archive_name",
+                    "timestamp",
+                    "deletable",
+                    "local_md5sum",
+                    "remote_path",
+                    "local_path",
+                ],
+            )
         elif args.command == "timecodes":
-            _print_rows(out, ["id", "archive_name", "timecode", "completed", "synced",
-                              "finalized"])
+            _print_rows(out, ["id", "archive_name", "timecode", "completed", "synced", "finalized"])
         elif isinstance(out, dict):
             for k, v in out.items():
                 print(f"{k}: {v}")

@@ -2,6 +2,7 @@
 
 Every refusal is a :class:`BadFileEntry` whose message names the file and the reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,8 @@ import os
 import posixpath
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 #: Archives the pysmurf publisher and the smurf-streamer use.
 DEFAULT_ARCHIVES: tuple[str, ...] = ("smurf", "timestreams")
@@ -43,7 +44,7 @@ class FileEntry:
     deletable: bool = True
 
     @property
-    def timecode(self) -> Optional[int]:
+    def timecode(self) -> int | None:
         return timecode_of(self.remote_path)
 
 
@@ -63,7 +64,7 @@ def md5_file(path: str, chunk_bytes: int = MD5_CHUNK_BYTES) -> str:
 FIRST_READ_BYTES = 64 << 10
 
 
-def md5_small_file(path: str, limit: int) -> Optional[str]:
+def md5_small_file(path: str, limit: int) -> str | None:
     """Lowercase hex md5 of a file of at most ``limit`` bytes; None when the file is bigger
     (checksum it with :func:`md5_file` elsewhere). Blocking.
 
@@ -78,11 +79,11 @@ def md5_small_file(path: str, limit: int) -> Optional[str]:
     except FileNotFoundError:
         raise BadFileEntry(path, "file does not exist", "missing_file") from None
     except NotADirectoryError:
-        raise BadFileEntry(path, "a component of the path is not a directory",
-                           "bad_path") from None
+        raise BadFileEntry(path, "a component of the path is not a directory", "bad_path") from None
     except PermissionError:
-        raise BadFileEntry(path, "file is not readable (permission denied)",
-                           "unreadable_file") from None
+        raise BadFileEntry(
+            path, "file is not readable (permission denied)", "unreadable_file"
+        ) from None
     try:
         want = min(limit + 1, FIRST_READ_BYTES)
         chunk = os.read(fd, want)
@@ -100,13 +101,12 @@ def md5_small_file(path: str, limit: int) -> Optional[str]:
     except IsADirectoryError:
         raise BadFileEntry(path, "is a directory, not a file", "bad_path") from None
     except OSError as e:
-        raise BadFileEntry(path, f"cannot be read: {e.strerror or e}",
-                           "unreadable_file") from None
+        raise BadFileEntry(path, f"cannot be read: {e.strerror or e}", "unreadable_file") from None
     finally:
         os.close(fd)
 
 
-def timecode_of(remote_path: str) -> Optional[int]:
+def timecode_of(remote_path: str) -> int | None:
     """The 5-digit ctime code that starts a remote path, the way socs's SupRsync reads it."""
     first = remote_path.lstrip("/").split("/", 1)[0]
     if first in ("", ".", ".."):
@@ -119,8 +119,13 @@ def timecode_of(remote_path: str) -> Optional[int]:
 def normpath(path: str) -> str:
     """``posixpath.normpath`` for paths without ``..`` components, returning a path that is
     normal already as it is (the usual case) without rebuilding it."""
-    if ("//" in path or "/./" in path or path.endswith(("/", "/.")) or path.startswith("./")
-            or ".." in path):
+    if (
+        "//" in path
+        or "/./" in path
+        or path.endswith(("/", "/."))
+        or path.startswith("./")
+        or ".." in path
+    ):
         return posixpath.normpath(path)
     return path or "."
 
@@ -132,11 +137,65 @@ def check_local_path(path: str) -> str:
     if "\x00" in path:
         raise BadFileEntry(path, "local path contains a NUL byte", "bad_path")
     if not path.startswith("/"):
-        raise BadFileEntry(path, "local path is relative; an absolute path is required",
-                           "relative_path")
+        raise BadFileEntry(
+            path, "local path is relative; an absolute path is required", "relative_path"
+        )
     if ".." in path and ".." in path.split("/"):
         raise BadFileEntry(path, "local path contains '..'", "dotdot_path")
     return normpath(path)
+
+
+class AllowedRoots:
+    """The folders whose files an agent may register: SupRsync copies a registered file off
+    site and may delete it, so nothing else of the host may ever become a row.
+
+    Roots and paths are resolved with symlinks (``os.path.realpath``) before the check, so
+    neither a link inside a root that points out of it nor ``..`` gets past it.
+
+    Args:
+        roots: folders (need not exist yet; resolved now and again by :meth:`refresh`).
+    """
+
+    def __init__(self, roots: Iterable[str]) -> None:
+        self.configured = [os.path.abspath(r) for r in roots]
+        if not self.configured:
+            raise ValueError("at least one allowed root is required")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Resolve the roots again (a root that is a link may have been created since)."""
+        self.resolved = tuple(
+            sorted({os.path.realpath(r).rstrip("/") or "/" for r in self.configured})
+        )
+
+    def __repr__(self) -> str:
+        return f"AllowedRoots({self.configured!r})"
+
+    def contains(self, real_path: str) -> bool:
+        for root in self.resolved:
+            if root == "/" or real_path == root or real_path.startswith(root + "/"):
+                return True
+        return False
+
+    def check(self, path: str) -> str:
+        """The real path of ``path`` (links resolved) if it lies under a root.
+
+        Raises:
+            BadFileEntry: code ``outside_allowed_root``, naming the path and the roots.
+        """
+        real = os.path.realpath(path)
+        if self.contains(real):
+            return real
+        # a root created after start (or replaced by a link) is seen on the next check
+        self.refresh()
+        if self.contains(real):
+            return real
+        shown = real if real == path else f"{path!r} (resolves to {real!r})"
+        raise BadFileEntry(
+            path,
+            f"{shown} is outside the allowed roots ({', '.join(self.configured)})",
+            "outside_allowed_root",
+        )
 
 
 def check_remote_path(remote_path: str, local_path: str = "") -> str:
@@ -145,33 +204,50 @@ def check_remote_path(remote_path: str, local_path: str = "") -> str:
     if not isinstance(remote_path, str) or not remote_path.strip("/"):
         raise BadFileEntry(who, f"remote path {remote_path!r} is empty", "bad_remote_path")
     if remote_path.startswith("/"):
-        raise BadFileEntry(who, f"remote path {remote_path!r} is absolute; it must be "
-                           "relative to the archive's base dir", "remote_escape")
+        raise BadFileEntry(
+            who,
+            f"remote path {remote_path!r} is absolute; it must be "
+            "relative to the archive's base dir",
+            "remote_escape",
+        )
     if ".." in remote_path and ".." in remote_path.split("/"):
-        raise BadFileEntry(who, f"remote path {remote_path!r} contains '..' and could "
-                           "escape the archive's base dir", "remote_escape")
+        raise BadFileEntry(
+            who,
+            f"remote path {remote_path!r} contains '..' and could escape the archive's base dir",
+            "remote_escape",
+        )
     if _WHITE_SPACE.search(remote_path):
         # SupRsync splits md5sum output on whitespace: such a file would never verify.
-        raise BadFileEntry(who, f"remote path {remote_path!r} contains white space",
-                           "bad_remote_path")
+        raise BadFileEntry(
+            who, f"remote path {remote_path!r} contains white space", "bad_remote_path"
+        )
     return normpath(remote_path)
 
 
-def check_archive(archive_name: str, known: Optional[Iterable[str]], path: str = "") -> str:
+def check_archive(archive_name: str, known: Iterable[str] | None, path: str = "") -> str:
     if not isinstance(archive_name, str) or not archive_name:
         raise BadFileEntry(path, "archive name must be a non-empty string", "unknown_archive")
     if known is not None:
         known = tuple(known)
         if archive_name not in known:
-            raise BadFileEntry(path, f"unknown archive {archive_name!r} (known: "
-                               f"{', '.join(known)})", "unknown_archive")
+            raise BadFileEntry(
+                path,
+                f"unknown archive {archive_name!r} (known: {', '.join(known)})",
+                "unknown_archive",
+            )
     return archive_name
 
 
-def make_entry(local_path: str, remote_path: str, archive_name: str, *,
-               known_archives: Optional[Iterable[str]] = DEFAULT_ARCHIVES,
-               local_md5sum: Optional[str] = None, timestamp: Optional[float] = None,
-               deletable: bool = True) -> FileEntry:
+def make_entry(
+    local_path: str,
+    remote_path: str,
+    archive_name: str,
+    *,
+    known_archives: Iterable[str] | None = DEFAULT_ARCHIVES,
+    local_md5sum: str | None = None,
+    timestamp: float | None = None,
+    deletable: bool = True,
+) -> FileEntry:
     """Validate a file and compute its md5 if not given (blocking: run off the reactor).
 
     Raises:
@@ -188,9 +264,14 @@ def make_entry(local_path: str, remote_path: str, archive_name: str, *,
         except IsADirectoryError:
             raise BadFileEntry(local_path, "is a directory, not a file", "bad_path") from None
         except PermissionError:
-            raise BadFileEntry(local_path, "file is not readable (permission denied)",
-                               "unreadable_file") from None
-    return FileEntry(local_path=local_path, remote_path=remote_path,
-                     archive_name=archive_name, local_md5sum=local_md5sum.lower(),
-                     timestamp=time.time() if timestamp is None else float(timestamp),
-                     deletable=bool(deletable))
+            raise BadFileEntry(
+                local_path, "file is not readable (permission denied)", "unreadable_file"
+            ) from None
+    return FileEntry(
+        local_path=local_path,
+        remote_path=remote_path,
+        archive_name=archive_name,
+        local_md5sum=local_md5sum.lower(),
+        timestamp=time.time() if timestamp is None else float(timestamp),
+        deletable=bool(deletable),
+    )

@@ -8,9 +8,8 @@ silently uncopyable.
 
 Only indexes are added: they make SupRsync's queries fast and change nothing it reads.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -35,12 +34,12 @@ class SupRsyncFile(Base):
     archive_name: Mapped[str] = mapped_column(String, nullable=False)
     remote_path: Mapped[str] = mapped_column(String, nullable=False)
     timestamp: Mapped[float] = mapped_column(Float, nullable=False)
-    remote_md5sum: Mapped[Optional[str]] = mapped_column(String)
-    copied: Mapped[Optional[float]] = mapped_column(Float)
-    removed: Mapped[Optional[float]] = mapped_column(Float)
-    failed_copy_attempts: Mapped[Optional[int]] = mapped_column(Integer, default=0)
-    deletable: Mapped[Optional[bool]] = mapped_column(Boolean, default=True)
-    ignore: Mapped[Optional[bool]] = mapped_column(Boolean, default=False)
+    remote_md5sum: Mapped[str | None] = mapped_column(String)
+    copied: Mapped[float | None] = mapped_column(Float)
+    removed: Mapped[float | None] = mapped_column(Float)
+    failed_copy_attempts: Mapped[int | None] = mapped_column(Integer, default=0)
+    deletable: Mapped[bool | None] = mapped_column(Boolean, default=True)
+    ignore: Mapped[bool | None] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
         # SupRsync's copy and delete queries filter on archive and removed.
@@ -66,11 +65,10 @@ class TimecodeDir(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     timecode: Mapped[int] = mapped_column(Integer, nullable=False)
     archive_name: Mapped[str] = mapped_column(String, nullable=False)
-    completed: Mapped[Optional[bool]] = mapped_column(Boolean, default=False)
-    synced: Mapped[Optional[bool]] = mapped_column(Boolean, default=False)
-    finalized: Mapped[Optional[bool]] = mapped_column(Boolean, default=False)
-    finalize_file_id: Mapped[Optional[int]] = mapped_column(
-        Integer, ForeignKey(f"{FILES_TABLE}.id"))
+    completed: Mapped[bool | None] = mapped_column(Boolean, default=False)
+    synced: Mapped[bool | None] = mapped_column(Boolean, default=False)
+    finalized: Mapped[bool | None] = mapped_column(Boolean, default=False)
+    finalize_file_id: Mapped[int | None] = mapped_column(Integer, ForeignKey(f"{FILES_TABLE}.id"))
 
     __table_args__ = (
         # Not unique: a database that socs already filled may hold duplicates, and a unique

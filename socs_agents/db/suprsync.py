@@ -2,14 +2,16 @@
 
 All methods block: call them from a worker thread (``deferToThread``), never the reactor.
 """
+
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 from sqlalchemy import Engine, create_engine, event, exc, func, inspect, select
 from sqlalchemy.orm import sessionmaker
@@ -19,14 +21,18 @@ from .models import FILES_TABLE, TIMECODE_TABLE, Base, SupRsyncFile, TimecodeDir
 
 # SQLite accepts at most 32766 bound parameters; stay far below for the IN (...) lookups.
 _LOOKUP_CHUNK = 400
-_INSERT_FILE = (f"INSERT INTO {FILES_TABLE} (local_path, local_md5sum, archive_name, "
-                "remote_path, timestamp, failed_copy_attempts, deletable, ignore) VALUES ")
+_INSERT_FILE = (
+    f"INSERT INTO {FILES_TABLE} (local_path, local_md5sum, archive_name, "
+    "remote_path, timestamp, failed_copy_attempts, deletable, ignore) VALUES "
+)
 _FILE_VALUES = "(?, ?, ?, ?, ?, 0, ?, 0)"
 #: Rows per INSERT statement: one statement of many rows costs SQLite and the sqlite3 module
 #: less than as many one-row statements (and a few sizes keep its statement cache warm).
 _INSERT_CHUNK = 64
-_INSERT_TIMECODE = (f"INSERT INTO {TIMECODE_TABLE} (timecode, archive_name, completed, "
-                    "synced, finalized) VALUES (?, ?, 0, 0, 0)")
+_INSERT_TIMECODE = (
+    f"INSERT INTO {TIMECODE_TABLE} (timecode, archive_name, completed, "
+    "synced, finalized) VALUES (?, ?, 0, 0, 0)"
+)
 
 
 def _marks(n: int) -> str:
@@ -84,8 +90,9 @@ class SupRsyncDB:
         busy_timeout_ms: how long a statement waits for another writer's lock.
     """
 
-    def __init__(self, db_path: str, create_all: bool = True, echo: bool = False,
-                 busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, db_path: str, create_all: bool = True, echo: bool = False, busy_timeout_ms: int = 5000
+    ) -> None:
         self.db_path = os.path.abspath(db_path)
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         self.engine = create_engine(f"sqlite:///{self.db_path}", echo=echo)
@@ -131,13 +138,22 @@ class SupRsyncDB:
         result = AddResult()
         if not entries:
             return result
-        rows = [(e.local_path, e.local_md5sum, e.archive_name, e.remote_path,
-                 float(e.timestamp), bool(e.deletable)) for e in entries]
+        rows = [
+            (
+                e.local_path,
+                e.local_md5sum,
+                e.archive_name,
+                e.remote_path,
+                float(e.timestamp),
+                bool(e.deletable),
+            )
+            for e in entries
+        ]
         inserted, result.new_timecodes = self._insert_new(rows)
         is_new = [False] * len(rows)
         for i in inserted:
             is_new[i] = True
-        for entry, new in zip(entries, is_new):
+        for entry, new in zip(entries, is_new, strict=False):
             (result.inserted if new else result.duplicates).append(entry)
         return result
 
@@ -161,7 +177,8 @@ class SupRsyncDB:
             with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
                 with conn.begin():
                     inserted, new_timecodes, wanted = self._insert_in_transaction(
-                        rows, conn.exec_driver_sql, conn.exec_driver_sql)
+                        rows, conn.exec_driver_sql, conn.exec_driver_sql
+                    )
         else:
             # Plain sqlite3 on one kept connection: this runs for every batch a monitor
             # writes, and SQLAlchemy's connection and statement machinery would cost more
@@ -173,7 +190,8 @@ class SupRsyncDB:
                     con.execute(statement)
                     statement = "INSERT"
                     inserted, new_timecodes, wanted = self._insert_in_transaction(
-                        rows, con.execute, con.executemany)
+                        rows, con.execute, con.executemany
+                    )
                     statement = "COMMIT"
                     con.execute(statement)
                 except sqlite3.Error as e:
@@ -195,8 +213,9 @@ class SupRsyncDB:
             self._writer_connection = self.engine.raw_connection()
         return self._writer_connection.dbapi_connection
 
-    def _insert_in_transaction(self, rows: Sequence[FileRow], execute: Callable,
-                               execute_many: Callable) -> tuple[list[int], list, set]:
+    def _insert_in_transaction(
+        self, rows: Sequence[FileRow], execute: Callable, execute_many: Callable
+    ) -> tuple[list[int], list, set]:
         known = self._existing_keys(rows, execute)
         inserted = []
         new_rows = []
@@ -208,19 +227,24 @@ class SupRsyncDB:
             inserted.append(i)
             new_rows.append(row)
         for start in range(0, len(new_rows), _INSERT_CHUNK):
-            chunk = new_rows[start:start + _INSERT_CHUNK]
-            execute(_INSERT_FILE + ", ".join([_FILE_VALUES] * len(chunk)),
-                    tuple(value for row in chunk for value in row))
+            chunk = new_rows[start : start + _INSERT_CHUNK]
+            execute(
+                _INSERT_FILE + ", ".join([_FILE_VALUES] * len(chunk)),
+                tuple(value for row in chunk for value in row),
+            )
         wanted = self._timecodes_of(new_rows) - self._known_timecodes
         new_timecodes: list[tuple[int, str]] = []
         if wanted:
             have = set()
             for archive in {a for _, a in wanted}:
                 codes = [t for t, a in wanted if a == archive]
-                have.update(execute(
-                    f"SELECT timecode, archive_name FROM {TIMECODE_TABLE} "
-                    f"WHERE archive_name = ? AND timecode IN ({_marks(len(codes))})",
-                    (archive, *codes)).fetchall())
+                have.update(
+                    execute(
+                        f"SELECT timecode, archive_name FROM {TIMECODE_TABLE} "
+                        f"WHERE archive_name = ? AND timecode IN ({_marks(len(codes))})",
+                        (archive, *codes),
+                    ).fetchall()
+                )
             new_timecodes = sorted(wanted - have)
             if new_timecodes:
                 execute_many(_INSERT_TIMECODE, new_timecodes)
@@ -234,15 +258,19 @@ class SupRsyncDB:
         found = set()
         for head, archive in heads:
             if head in ("", ".", ".."):  # an unusual path: read each row's own
-                codes = {timecode_of(row[3]) for row in rows
-                         if row[2] == archive and row[3].partition("/")[0] == head}
+                codes = {
+                    timecode_of(row[3])
+                    for row in rows
+                    if row[2] == archive and row[3].partition("/")[0] == head
+                }
             else:
                 codes = {timecode_of(head)}
             found.update((code, archive) for code in codes if code is not None)
         return found
 
-    def _existing_keys(self, rows: Sequence[FileRow],
-                       execute: Callable) -> set[tuple[str, str, str]]:
+    def _existing_keys(
+        self, rows: Sequence[FileRow], execute: Callable
+    ) -> set[tuple[str, str, str]]:
         # One archive per query: ``archive_name = ? AND local_path IN (...)`` searches the
         # (archive_name, local_path) index, where a row-value IN scans the whole table.
         by_archive: dict[str, set[str]] = {}
@@ -252,16 +280,19 @@ class SupRsyncDB:
         for archive, paths in by_archive.items():
             ordered = sorted(paths)
             for start in range(0, len(ordered), _LOOKUP_CHUNK):
-                chunk = ordered[start:start + _LOOKUP_CHUNK]
-                found.update(execute(
-                    f"SELECT archive_name, local_path, local_md5sum FROM {FILES_TABLE} "
-                    f"WHERE archive_name = ? AND local_path IN ({_marks(len(chunk))})",
-                    (archive, *chunk)).fetchall())
+                chunk = ordered[start : start + _LOOKUP_CHUNK]
+                found.update(
+                    execute(
+                        f"SELECT archive_name, local_path, local_md5sum FROM {FILES_TABLE} "
+                        f"WHERE archive_name = ? AND local_path IN ({_marks(len(chunk))})",
+                        (archive, *chunk),
+                    ).fetchall()
+                )
         return found
 
     # ---- reading -------------------------------------------------------------------------
 
-    def count(self, archive_name: Optional[str] = None) -> int:
+    def count(self, archive_name: str | None = None) -> int:
         stmt = select(func.count()).select_from(SupRsyncFile)
         if archive_name is not None:
             stmt = stmt.where(SupRsyncFile.archive_name == archive_name)
@@ -270,20 +301,29 @@ class SupRsyncDB:
 
     def archives(self) -> dict[str, int]:
         """Archive name -> number of rows."""
-        stmt = select(SupRsyncFile.archive_name, func.count()).group_by(
-            SupRsyncFile.archive_name).order_by(SupRsyncFile.archive_name)
+        stmt = (
+            select(SupRsyncFile.archive_name, func.count())
+            .group_by(SupRsyncFile.archive_name)
+            .order_by(SupRsyncFile.archive_name)
+        )
         with self.Session() as session:
             return {name: n for name, n in session.execute(stmt).tuples()}
 
-    def files(self, archive_name: Optional[str] = None, limit: Optional[int] = None,
-              uncopied_only: bool = False, newest_first: bool = True) -> list[dict]:
+    def files(
+        self,
+        archive_name: str | None = None,
+        limit: int | None = None,
+        uncopied_only: bool = False,
+        newest_first: bool = True,
+    ) -> list[dict]:
         stmt = select(SupRsyncFile)
         if archive_name is not None:
             stmt = stmt.where(SupRsyncFile.archive_name == archive_name)
         if uncopied_only:
-            stmt = stmt.where(SupRsyncFile.removed.is_(None),
-                              SupRsyncFile.remote_md5sum.is_distinct_from(
-                                  SupRsyncFile.local_md5sum))
+            stmt = stmt.where(
+                SupRsyncFile.removed.is_(None),
+                SupRsyncFile.remote_md5sum.is_distinct_from(SupRsyncFile.local_md5sum),
+            )
         order = SupRsyncFile.id.desc() if newest_first else SupRsyncFile.id.asc()
         stmt = stmt.order_by(order)
         if limit is not None:
@@ -291,12 +331,12 @@ class SupRsyncDB:
         with self.Session() as session:
             return [f.as_dict() for f in session.scalars(stmt)]
 
-    def file_by_id(self, file_id: int) -> Optional[dict]:
+    def file_by_id(self, file_id: int) -> dict | None:
         with self.Session() as session:
             row = session.get(SupRsyncFile, file_id)
             return None if row is None else row.as_dict()
 
-    def timecode_dirs(self, archive_name: Optional[str] = None) -> list[dict]:
+    def timecode_dirs(self, archive_name: str | None = None) -> list[dict]:
         stmt = select(TimecodeDir).order_by(TimecodeDir.archive_name, TimecodeDir.timecode)
         if archive_name is not None:
             stmt = stmt.where(TimecodeDir.archive_name == archive_name)
@@ -308,22 +348,33 @@ class SupRsyncDB:
         f = SupRsyncFile
         differs = f.local_md5sum.is_distinct_from(f.remote_md5sum)
         with self.Session() as session:
-            num_files = session.scalar(
-                select(func.count()).where(f.archive_name == archive_name))
-            uncopied = session.scalar(select(func.count()).where(
-                f.archive_name == archive_name, f.ignore.is_not(True), differs))
-            first_uncopied = session.scalar(select(func.min(f.timestamp)).where(
-                f.archive_name == archive_name, f.ignore.is_not(True), differs))
-            last_added = session.scalar(select(f.local_path).where(
-                f.archive_name == archive_name).order_by(f.timestamp.desc()).limit(1))
-            last_copied = session.scalar(select(f.local_path).where(
-                f.archive_name == archive_name, f.local_md5sum == f.remote_md5sum
-            ).order_by(f.timestamp.desc()).limit(1))
+            num_files = session.scalar(select(func.count()).where(f.archive_name == archive_name))
+            uncopied = session.scalar(
+                select(func.count()).where(
+                    f.archive_name == archive_name, f.ignore.is_not(True), differs
+                )
+            )
+            first_uncopied = session.scalar(
+                select(func.min(f.timestamp)).where(
+                    f.archive_name == archive_name, f.ignore.is_not(True), differs
+                )
+            )
+            last_added = session.scalar(
+                select(f.local_path)
+                .where(f.archive_name == archive_name)
+                .order_by(f.timestamp.desc())
+                .limit(1)
+            )
+            last_copied = session.scalar(
+                select(f.local_path)
+                .where(f.archive_name == archive_name, f.local_md5sum == f.remote_md5sum)
+                .order_by(f.timestamp.desc())
+                .limit(1)
+            )
         return {
             "num_files": int(num_files or 0),
             "uncopied_files": int(uncopied or 0),
-            "finalized_until": (first_uncopied - 1) if first_uncopied is not None
-            else time.time(),
+            "finalized_until": (first_uncopied - 1) if first_uncopied is not None else time.time(),
             "last_file_added": last_added or "",
             "last_file_copied": last_copied or "",
         }

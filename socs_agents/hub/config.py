@@ -6,11 +6,12 @@ bridge at ``/call``), with what crossbar releases on PyPI need today: a websocke
 ``auto_ping_size`` within 12-125, an explicit listening interface, and a ``/info`` node-info
 path that ``ocs.testing.check_crossbar_connection`` polls.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -70,35 +71,43 @@ def hub_settings(hub: dict) -> HubSettings:
         raise HubConfigError(f"hub section lacks {', '.join(missing)}")
     ws = urlparse(str(hub["wamp_server"]))
     if ws.scheme not in ("ws", "wss") or ws.port is None:
-        raise HubConfigError(f"wamp_server {hub['wamp_server']!r} must look like "
-                             "ws://HOST:PORT/ws")
+        raise HubConfigError(f"wamp_server {hub['wamp_server']!r} must look like ws://HOST:PORT/ws")
     http_path = "call"
     if hub.get("wamp_http"):
         http = urlparse(str(hub["wamp_http"]))
         if http.port is not None and http.port != ws.port:
-            raise HubConfigError("wamp_http and wamp_server must use the same port "
-                                 f"(got {http.port} and {ws.port})")
+            raise HubConfigError(
+                f"wamp_http and wamp_server must use the same port (got {http.port} and {ws.port})"
+            )
         http_path = http.path.strip("/") or "call"
-    return HubSettings(realm=str(hub["wamp_realm"]), address_root=str(hub["address_root"]),
-                       port=int(ws.port), interface=str(hub.get("interface", DEFAULT_INTERFACE)),
-                       ws_path=ws.path.strip("/") or "ws", http_path=http_path)
+    return HubSettings(
+        realm=str(hub["wamp_realm"]),
+        address_root=str(hub["address_root"]),
+        port=int(ws.port),
+        interface=str(hub.get("interface", DEFAULT_INTERFACE)),
+        ws_path=ws.path.strip("/") or "ws",
+        http_path=http_path,
+    )
 
 
 def _role(name: str, address_root: str, register: bool) -> dict:
     return {
         "name": name,
-        "permissions": [{
-            "uri": f"{address_root}.",
-            "match": "prefix",
-            "allow": {"call": True, "register": register, "publish": True, "subscribe": True},
-            "disclose": {"caller": False, "publisher": False},
-            "cache": True,
-        }],
+        "permissions": [
+            {
+                "uri": f"{address_root}.",
+                "match": "prefix",
+                "allow": {"call": True, "register": register, "publish": True, "subscribe": True},
+                "disclose": {"caller": False, "publisher": False},
+                "cache": True,
+            }
+        ],
     }
 
 
-def render_crossbar_config(settings: HubSettings,
-                           extra_paths: Optional[dict[str, Any]] = None) -> dict:
+def render_crossbar_config(
+    settings: HubSettings, extra_paths: dict[str, Any] | None = None
+) -> dict:
     """The crossbar node configuration (as a dict, to be written as config.json)."""
     paths: dict[str, Any] = {
         settings.ws_path: {
@@ -113,25 +122,40 @@ def render_crossbar_config(settings: HubSettings,
                 "auto_ping_size": 12,
             },
         },
-        settings.http_path: {"type": "caller", "realm": settings.realm,
-                             "role": "iocs_controller", "options": {}},
+        settings.http_path: {
+            "type": "caller",
+            "realm": settings.realm,
+            "role": "iocs_controller",
+            "options": {},
+        },
         "info": {"type": "nodeinfo"},
     }
     paths.update(extra_paths or {})
     return {
         "version": 2,
-        "workers": [{
-            "type": "router",
-            "realms": [{
-                "name": settings.realm,
-                "roles": [_role("iocs_agent", settings.address_root, True),
-                          _role("iocs_controller", settings.address_root, False)],
-            }],
-            "transports": [{
-                "type": "web",
-                "endpoint": {"type": "tcp", "port": settings.port,
-                             "interface": settings.interface},
-                "paths": paths,
-            }],
-        }],
+        "workers": [
+            {
+                "type": "router",
+                "realms": [
+                    {
+                        "name": settings.realm,
+                        "roles": [
+                            _role("iocs_agent", settings.address_root, True),
+                            _role("iocs_controller", settings.address_root, False),
+                        ],
+                    }
+                ],
+                "transports": [
+                    {
+                        "type": "web",
+                        "endpoint": {
+                            "type": "tcp",
+                            "port": settings.port,
+                            "interface": settings.interface,
+                        },
+                        "paths": paths,
+                    }
+                ],
+            }
+        ],
     }

@@ -4,6 +4,7 @@ The node directory (config.json, crossbar's keys, ``crossbar.log``, ``hub.pid``)
 the source tree: ``$SOCS_AGENTS_STATE_DIR/hub-<port>``, by default
 ``${XDG_STATE_HOME:-~/.local/state}/socs-agents/hub-<port>``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Optional
 
 from .config import HubSettings, render_crossbar_config
 
@@ -42,21 +42,23 @@ def default_node_dir(settings: HubSettings) -> str:
 @dataclass
 class HubStatus:
     node_dir: str
-    pid: Optional[int]
+    pid: int | None
     alive: bool
     answering: bool
 
     def describe(self, settings: HubSettings) -> str:
         if self.answering:
-            return (f"hub running (pid {self.pid}) at {settings.wamp_server}, "
-                    f"HTTP bridge {settings.wamp_http}, realm {settings.realm}; "
-                    f"node dir {self.node_dir}")
+            return (
+                f"hub running (pid {self.pid}) at {settings.wamp_server}, "
+                f"HTTP bridge {settings.wamp_http}, realm {settings.realm}; "
+                f"node dir {self.node_dir}"
+            )
         if self.alive:
             return f"hub process {self.pid} exists but does not answer at {settings.info_url}"
         return f"hub not running (node dir {self.node_dir})"
 
 
-def _read_pid(node_dir: str) -> Optional[int]:
+def _read_pid(node_dir: str) -> int | None:
     try:
         with open(os.path.join(node_dir, "hub.pid")) as f:
             return int(f.read().strip())
@@ -64,7 +66,7 @@ def _read_pid(node_dir: str) -> Optional[int]:
         return None
 
 
-def _pid_alive(pid: Optional[int]) -> bool:
+def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -89,7 +91,7 @@ def answering(settings: HubSettings, timeout: float = 0.5) -> bool:
         return False
 
 
-def status(settings: HubSettings, node_dir: Optional[str] = None) -> HubStatus:
+def status(settings: HubSettings, node_dir: str | None = None) -> HubStatus:
     node_dir = node_dir or default_node_dir(settings)
     pid = _read_pid(node_dir)
     return HubStatus(node_dir, pid, _pid_alive(pid), answering(settings))
@@ -104,9 +106,11 @@ def _check_port_free(settings: HubSettings) -> None:
         probe.bind((settings.interface, settings.port))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise HubError(f"port {settings.port} on {settings.interface} is taken by another "
-                           "program; stop it or choose another port in the site-config's "
-                           "hub.wamp_server") from None
+            raise HubError(
+                f"port {settings.port} on {settings.interface} is taken by another "
+                "program; stop it or choose another port in the site-config's "
+                "hub.wamp_server"
+            ) from None
         raise HubError(f"cannot listen on {settings.interface}:{settings.port}: {e}") from None
     finally:
         probe.close()
@@ -126,19 +130,30 @@ def write_node_config(settings: HubSettings, node_dir: str) -> list[str]:
     config_path = os.path.join(node_dir, "config.json")
     with open(config_path, "w") as f:
         json.dump(render_crossbar_config(settings), f, indent=2)
-    return [_crossbar_executable(), "start", "--cbdir", node_dir, "--config", config_path,
-            "--loglevel", "info", "--color", "false"]
+    return [
+        _crossbar_executable(),
+        "start",
+        "--cbdir",
+        node_dir,
+        "--config",
+        config_path,
+        "--loglevel",
+        "info",
+        "--color",
+        "false",
+    ]
 
 
-def run_foreground(settings: HubSettings, node_dir: Optional[str] = None) -> None:
+def run_foreground(settings: HubSettings, node_dir: str | None = None) -> None:
     """Replace this process by crossbar (for containers and systemd units)."""
     _check_port_free(settings)
     cmd = write_node_config(settings, node_dir or default_node_dir(settings))
     os.execv(cmd[0], cmd)
 
 
-def start(settings: HubSettings, node_dir: Optional[str] = None,
-          timeout: float = 20.0) -> tuple[int, float]:
+def start(
+    settings: HubSettings, node_dir: str | None = None, timeout: float = 20.0
+) -> tuple[int, float]:
     """Start crossbar in the background and wait until it answers.
 
     Returns:
@@ -156,21 +171,29 @@ def start(settings: HubSettings, node_dir: Optional[str] = None,
     log_path = os.path.join(node_dir, "crossbar.log")
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     with open(os.path.join(node_dir, "hub.pid"), "w") as f:
         f.write(str(proc.pid))
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise HubError(f"crossbar exited with code {proc.returncode} during start; "
-                           f"see {log_path}:\n{_tail(log_path)}")
+            raise HubError(
+                f"crossbar exited with code {proc.returncode} during start; "
+                f"see {log_path}:\n{_tail(log_path)}"
+            )
         if answering(settings, timeout=0.25):
             return proc.pid, time.monotonic() - t0
         time.sleep(0.05)
     _terminate(proc.pid, 5.0)
-    raise HubError(f"crossbar did not answer at {settings.info_url} within {timeout:.0f} s; "
-                   f"see {log_path}")
+    raise HubError(
+        f"crossbar did not answer at {settings.info_url} within {timeout:.0f} s; see {log_path}"
+    )
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -205,7 +228,7 @@ def _terminate(pid: int, timeout: float) -> bool:
     return True
 
 
-def stop(settings: HubSettings, node_dir: Optional[str] = None, timeout: float = 10.0) -> bool:
+def stop(settings: HubSettings, node_dir: str | None = None, timeout: float = 10.0) -> bool:
     """Stop the hub started from ``node_dir``; False if none was running."""
     node_dir = node_dir or default_node_dir(settings)
     pid = _read_pid(node_dir)

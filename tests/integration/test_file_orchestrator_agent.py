@@ -1,5 +1,6 @@
 """FileOrchestrator as a real process on a real hub, driven over HTTP as the DAQ does and
 over OCS; files written by the DUNE simulator into a watched volume."""
+
 import json
 import os
 import signal
@@ -9,8 +10,8 @@ import pytest
 import sqlalchemy.exc
 
 from socs_agents.db import SupRsyncDB
-from socs_agents.sim.dune import DuneWriter, OrchestratorClient, check_record, run_chain
-from socs_agents.testing import FeedSubscriber, free_port, wait_for
+from socs_agents.dev.sim.dune import DuneWriter, OrchestratorClient, check_record, run_chain
+from socs_agents.dev.testing import FeedSubscriber, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +27,18 @@ class Orchestrator:
         self.volume = os.path.join(root, "vol")
         self.state_db = os.path.join(root, "state", "orchestrator.db")
         self.url = f"http://127.0.0.1:{port}"
-        self.arguments = [["--volume", self.volume], ["--http-interface", "127.0.0.1"],
-                          ["--http-port", port], ["--state-db", self.state_db],
-                          ["--host-name", HOST], ["--lease-timeout", lease_timeout],
-                          ["--feed-interval", 0.5], ["--rescan-interval", 0],
-                          ["--suprsync-db", os.path.join(root, "suprsync.db")],
-                          ["--archive-name", "dune"]]
+        self.arguments = [
+            ["--volume", self.volume],
+            ["--http-interface", "127.0.0.1"],
+            ["--http-port", port],
+            ["--state-db", self.state_db],
+            ["--host-name", HOST],
+            ["--lease-timeout", lease_timeout],
+            ["--feed-interval", 0.5],
+            ["--rescan-interval", 0],
+            ["--suprsync-db", os.path.join(root, "suprsync.db")],
+            ["--archive-name", "dune"],
+        ]
         self.agent = None
         self.runs = 0
 
@@ -68,8 +75,9 @@ class Orchestrator:
 @pytest.fixture(scope="module")
 def shared(site, tmp_path_factory):
     port = free_port()
-    orch = Orchestrator(site, str(tmp_path_factory.mktemp("orchestrator")),
-                        f"orchestrator-{port}", port)
+    orch = Orchestrator(
+        site, str(tmp_path_factory.mktemp("orchestrator")), f"orchestrator-{port}", port
+    )
     orch.start()
     yield orch
     orch.stop()
@@ -88,6 +96,7 @@ def wait_counts(orch, timeout=10, **want):
     def match():
         c = orch.counts()
         return c if all(c[k] == v for k, v in want.items()) else None
+
     return wait_for(match, timeout, f"counts {want}")
 
 
@@ -107,19 +116,26 @@ def test_reset_needs_credential_level_2(shared):
 def test_discovered_files_through_request_read_complete(orch):
     w = orch.writer("tr")
     written = [w.write_file(records=3) for _ in range(2)]
-    unfinished, _ = w.write_file(records=2, rename=False)   # stays .writing: ignored
+    unfinished, _ = w.write_file(records=2, rename=False)  # stays .writing: ignored
     wait_counts(orch, files=2, pending=6)
     client = orch.http()
     try:
         answers = run_chain(client, HOST, 6, poll_interval=0.02)
         # oldest first, each record once, every answer an absolute final path
-        assert [(a["file"], a["trigger_number"], a["sequence_number"]) for a in answers] == \
-            [(p, n, s) for p, ids in written for n, s in ids]
-        assert all(a["run_number"] == w.run_number and a["type"] == "TriggerRecord"
-                   for a in answers)
+        assert [(a["file"], a["trigger_number"], a["sequence_number"]) for a in answers] == [
+            (p, n, s) for p, ids in written for n, s in ids
+        ]
+        assert all(
+            a["run_number"] == w.run_number and a["type"] == "TriggerRecord" for a in answers
+        )
         c = orch.counts()
-        assert (c["pending"], c["active"], c["done"], c["completed"], c["credits_tr"]) == \
-            (0, 0, 6, 6, 0)
+        assert (c["pending"], c["active"], c["done"], c["completed"], c["credits_tr"]) == (
+            0,
+            0,
+            6,
+            6,
+            0,
+        )
         assert client.read_next_triggerrecord(HOST)[0] == 429
         client.request_tr()
         assert client.read_next_triggerrecord(HOST)[0] == 404
@@ -137,6 +153,7 @@ def test_discovered_files_through_request_read_complete(orch):
         finally:
             db.close()
         return rows if all(p in rows for p, _ in written) else None
+
     rows = wait_for(registered, 10, "the finished files in SupRsync")
     assert rows[written[0][0]]["remote_path"] == "tr/" + os.path.basename(written[0][0])
     assert unfinished not in rows
@@ -151,8 +168,9 @@ def test_time_slices(orch):
         answers = run_chain(client, HOST, 4, record_type="TimeSlice", poll_interval=0.02)
     finally:
         client.close()
-    assert [(a["file"], a["trigger_number"], a["type"]) for a in answers] == \
-        [(path, n, "TimeSlice") for n, _ in ids]
+    assert [(a["file"], a["trigger_number"], a["type"]) for a in answers] == [
+        (path, n, "TimeSlice") for n, _ in ids
+    ]
     c = orch.counts()
     # nothing completes time slices, and none stays active
     assert (c["pending_ts"], c["active_ts"], c["done"], c["credits_ts"]) == (0, 0, 4, 0)
@@ -190,12 +208,14 @@ def test_429_404_400_on_one_pipelined_connection_without_host(orch):
     sock = socket.create_connection(("127.0.0.1", orch.port), timeout=10)
     try:
         # all in one send: the real client's two threads share a socket without a lock
-        sock.sendall(_request("POST", "/read-next-triggerrecord", read, host=False)
-                     + _request("GET", "/request-tr", host=False)
-                     + _request("POST", "/read-next-triggerrecord", nobody, host=False)
-                     + _request("POST", "/complete", b"{broken", host=False)
-                     + _request("POST", "/read-next-timeslice", read, host=False)
-                     + _request("GET", "/stats"))
+        sock.sendall(
+            _request("POST", "/read-next-triggerrecord", read, host=False)
+            + _request("GET", "/request-tr", host=False)
+            + _request("POST", "/read-next-triggerrecord", nobody, host=False)
+            + _request("POST", "/complete", b"{broken", host=False)
+            + _request("POST", "/read-next-timeslice", read, host=False)
+            + _request("GET", "/stats")
+        )
         buf = b""
         got = []
         for _ in range(6):
@@ -219,20 +239,53 @@ def test_429_404_400_on_one_pipelined_connection_without_host(orch):
 
 BAD = [
     ("POST", "/new-file", b"{nope"),
-    ("POST", "/new-file", json.dumps({"host": HOST, "file": "/d/x.hdf5", "run_number": 1,
-                                      "record_type": "Slice", "record_ids": [[1, 0]]})),
-    ("POST", "/new-file", json.dumps({"host": HOST, "file": "/d/x.hdf5", "run_number": "1",
-                                      "record_type": "TriggerRecord", "record_ids": [[1, 0]]})),
-    ("POST", "/new-file", json.dumps({"host": HOST, "run_number": 1,
-                                      "record_type": "TriggerRecord", "record_ids": [[1, 0]]})),
+    (
+        "POST",
+        "/new-file",
+        json.dumps(
+            {
+                "host": HOST,
+                "file": "/d/x.hdf5",
+                "run_number": 1,
+                "record_type": "Slice",
+                "record_ids": [[1, 0]],
+            }
+        ),
+    ),
+    (
+        "POST",
+        "/new-file",
+        json.dumps(
+            {
+                "host": HOST,
+                "file": "/d/x.hdf5",
+                "run_number": "1",
+                "record_type": "TriggerRecord",
+                "record_ids": [[1, 0]],
+            }
+        ),
+    ),
+    (
+        "POST",
+        "/new-file",
+        json.dumps(
+            {"host": HOST, "run_number": 1, "record_type": "TriggerRecord", "record_ids": [[1, 0]]}
+        ),
+    ),
     ("POST", "/remove-file", json.dumps({"host": HOST})),
     ("POST", "/read-next-triggerrecord", json.dumps({"file": ""})),
     ("POST", "/read-next-timeslice", json.dumps(["host"])),
     ("GET", "/read-next-tr", b""),
-    ("POST", "/complete", json.dumps({"run_number": 1, "trigger_number": 1,
-                                      "sequence_number": 0, "type": "Other"})),
-    ("POST", "/tr-complete", json.dumps({"run_number": 1, "trigger_number": True,
-                                         "sequence_number": 0})),
+    (
+        "POST",
+        "/complete",
+        json.dumps({"run_number": 1, "trigger_number": 1, "sequence_number": 0, "type": "Other"}),
+    ),
+    (
+        "POST",
+        "/tr-complete",
+        json.dumps({"run_number": 1, "trigger_number": True, "sequence_number": 0}),
+    ),
 ]
 
 
@@ -260,11 +313,12 @@ def test_remote_files_and_withdrawal(orch):
     c = orch.http()
     try:
         path = "/data/daq-remote/c_run000003.hdf5"
-        assert c.new_file("daq-remote", path, 3, "TriggerRecord", [[1, 0], [2, 0], [3, 0]])[0] \
-            == 200
+        assert (
+            c.new_file("daq-remote", path, 3, "TriggerRecord", [[1, 0], [2, 0], [3, 0]])[0] == 200
+        )
         c.request_tr()
         c.request_tr()
-        assert c.read_next_triggerrecord(HOST)[0] == 404          # not on this host
+        assert c.read_next_triggerrecord(HOST)[0] == 404  # not on this host
         status, answer = c.call("GET", "/read-next-tr", {"host": "daq-remote"})  # README
         assert status == 200 and answer["file"] == path and answer["trigger_number"] == 1
         status, answer = c.remove_file("daq-remote", path)
@@ -321,8 +375,9 @@ def test_ocs_tasks_and_feed_agree_with_http(orch, site):
     feed = FeedSubscriber(site, orch.iid, "orchestrator_counts")
     try:
         client = orch.client()
-        r = client.new_file(file="/data/ocs/e_run000005.hdf5", run_number=5,
-                            record_ids=[[1, 0], [2, 0]])
+        r = client.new_file(
+            file="/data/ocs/e_run000005.hdf5", run_number=5, record_ids=[[1, 0], [2, 0]]
+        )
         assert r.session["success"] and r.session["data"]["added"] == 2
         r = client.read_next()
         assert r.session["success"] is False and r.session["data"]["status"] == 429
@@ -332,8 +387,13 @@ def test_ocs_tasks_and_feed_agree_with_http(orch, site):
         assert r.session["data"]["status"] == 404
         r = client.read_next()
         assert r.session["success"] and r.session["data"] == {
-            "status": 200, "file": "/data/ocs/e_run000005.hdf5", "run_number": 5,
-            "trigger_number": 1, "sequence_number": 0, "type": "TriggerRecord"}
+            "status": 200,
+            "file": "/data/ocs/e_run000005.hdf5",
+            "run_number": 5,
+            "trigger_number": 1,
+            "sequence_number": 0,
+            "type": "TriggerRecord",
+        }
         # what OCS did is what HTTP sees, and the other way round
         h = orch.http()
         try:
@@ -355,8 +415,7 @@ def test_ocs_tasks_and_feed_agree_with_http(orch, site):
         r = client.remove_file(file="/data/ocs/e_run000005.hdf5")
         assert r.session["data"]["known"] is True
         counts = orch.counts()
-        wait_for(lambda: counts in feed_samples(feed), 10,
-                 "a feed sample with the HTTP counts")
+        wait_for(lambda: counts in feed_samples(feed), 10, "a feed sample with the HTTP counts")
         watch = client.watch.status().session
         assert watch["status"] == "running"
         assert watch["data"]["discovery"]["watching"] is True
@@ -379,8 +438,12 @@ def test_kill_9_and_restart_lose_nothing(site, tmp_path):
         assert c.complete(6, 1, 0)[0] == 200 and c.complete(6, 2, 0)[0] == 200
         c.close()
         before = orch.counts()
-        assert (before["pending"], before["active"], before["done"], before["credits_tr"]) == \
-            (6, 2, 2, 2)
+        assert (before["pending"], before["active"], before["done"], before["credits_tr"]) == (
+            6,
+            2,
+            2,
+            2,
+        )
         orch.agent.kill()
         orch.site.agents.remove(orch.agent)
         with pytest.raises(OSError):
@@ -397,8 +460,12 @@ def test_kill_9_and_restart_lose_nothing(site, tmp_path):
         assert c.read_next_triggerrecord(HOST)[0] == 429
         c.close()
         after = orch.counts()
-        assert (after["pending"], after["active"], after["done"], after["completed"]) == \
-            (4, 2, 4, 4)
+        assert (after["pending"], after["active"], after["done"], after["completed"]) == (
+            4,
+            2,
+            4,
+            4,
+        )
     finally:
         orch.stop(signal.SIGKILL)
 
@@ -407,15 +474,40 @@ def test_simulator_command_against_the_agent(orch, tmp_path):
     """``socs-agents simulate-dune --announce --process`` as a remote host would run it."""
     import subprocess
     import sys
+
     out = subprocess.run(
-        [sys.executable, "-m", "socs_agents.cli", "simulate-dune", "--root",
-         str(tmp_path / "remote"), "--url", orch.url, "--host", "daq-remote-2", "--files", "2",
-         "--records", "3", "--announce", "--process", "--timeout", "30"],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "socs_agents.cli",
+            "simulate-dune",
+            "--root",
+            str(tmp_path / "remote"),
+            "--url",
+            orch.url,
+            "--host",
+            "daq-remote-2",
+            "--files",
+            "2",
+            "--records",
+            "3",
+            "--announce",
+            "--process",
+            "--timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "processed 6 records" in out.stdout
     c = orch.counts()
     assert (c["done"], c["pending"], c["active"]) == (6, 0, 0)
     # files on another "host" are checked where they are: the simulator read each record
-    assert check_record(str(tmp_path / "remote" / "swtest_run000001_0000_dataflow0.hdf5"),
-                        "TriggerRecord", 3, 0) > 0
+    assert (
+        check_record(
+            str(tmp_path / "remote" / "swtest_run000001_0000_dataflow0.hdf5"), "TriggerRecord", 3, 0
+        )
+        > 0
+    )

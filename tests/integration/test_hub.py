@@ -1,11 +1,12 @@
 """The local hub and ocs's own HostManager, run for real and called through OCSClient."""
+
 import json
 import urllib.request
 
 import pytest
 
 from socs_agents import hub
-from socs_agents.testing import LocalSite
+from socs_agents.dev.testing import LocalSite
 
 pytestmark = pytest.mark.integration
 
@@ -16,10 +17,12 @@ def test_hub_serves_info_and_http_bridge(site):
     st = hub.status(site.settings, site.node_dir)
     assert st.alive and st.answering
     # The HTTP bridge answers a call to an unknown procedure with a WAMP error, not HTTP 404.
-    req = urllib.request.Request(site.settings.wamp_http, method="POST",
-                                 data=json.dumps({"procedure": "observatory.nobody",
-                                                  "args": [], "kwargs": {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        site.settings.wamp_http,
+        method="POST",
+        data=json.dumps({"procedure": "observatory.nobody", "args": [], "kwargs": {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=2) as resp:
         assert b"no_such_procedure" in resp.read()
 

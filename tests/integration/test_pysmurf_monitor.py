@@ -1,12 +1,13 @@
 """PysmurfMonitor as a real process on a real hub, fed by the smurf simulator over UDP."""
+
 import json
 import signal
 
 import pytest
 
 from socs_agents.db import SupRsyncDB
-from socs_agents.sim.smurf import SmurfSimulator
-from socs_agents.testing import FeedSubscriber, free_udp_port, wait_for
+from socs_agents.dev.sim.smurf import SmurfSimulator
+from socs_agents.dev.testing import FeedSubscriber, free_udp_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -17,10 +18,17 @@ def monitor(agent_runner, site, tmp_path):
     port = free_udp_port()
     db_path = str(tmp_path / "db" / "suprsync.db")
     iid = f"pysmurf-monitor-{port}"
-    agent = agent_runner("PysmurfMonitor", iid, [
-        ["--udp-port", port], ["--udp-host", "127.0.0.1"], ["--db-path", db_path],
-        ["--create-table", True], ["--missing-file-timeout", 2],
-    ])
+    agent = agent_runner(
+        "PysmurfMonitor",
+        iid,
+        [
+            ["--udp-port", port],
+            ["--udp-host", "127.0.0.1"],
+            ["--db-path", db_path],
+            ["--create-table", True],
+            ["--missing-file-timeout", 2],
+        ],
+    )
     client = site.client(iid)
     sim = SmurfSimulator(str(tmp_path / "smurf_data"), port=port)
     yield agent, client, sim, db_path, iid
@@ -61,8 +69,11 @@ def test_files_rows_feeds_and_counters(monitor, site):
     assert {(t["archive_name"]) for t in tcdirs} == {"smurf", "timestreams"}
     # Session messages are the whole datagram, republished unchanged.
     assert [m[0] for m in session_feed.messages] == [json.loads(d) for d in sent_session]
-    data = wait_for(lambda: (lambda d: d if d.get("counters", {}).get("metadata") else None)(
-        run_data(client)), 5, "counters in session.data")
+    data = wait_for(
+        lambda: (lambda d: d if d.get("counters", {}).get("metadata") else None)(run_data(client)),
+        5,
+        "counters in session.data",
+    )
     c = data["counters"]
     assert c["files_announced"] == 20 and c["registered"] == 20
     assert c["session_messages"] == 2 and c["metadata"] == 1
@@ -72,11 +83,18 @@ def test_files_rows_feeds_and_counters(monitor, site):
 
 def test_bad_input_is_counted_and_never_a_row(monitor):
     agent, client, sim, db_path, iid = monitor
-    bad = [b"{nope", b"\xff\xfe", b"[1]", json.dumps({"id": "x"}).encode(),
-           sim.envelope("surprise", {}),
-           sim.envelope("data_file", {"path": "/tmp/x.npy", "timestamp": 1}),
-           sim.envelope("data_file", {"path": "relative/x.txt", "action": "a",
-                                      "action_ts": 1, "timestamp": 1700000000})]
+    bad = [
+        b"{nope",
+        b"\xff\xfe",
+        b"[1]",
+        json.dumps({"id": "x"}).encode(),
+        sim.envelope("surprise", {}),
+        sim.envelope("data_file", {"path": "/tmp/x.npy", "timestamp": 1}),
+        sim.envelope(
+            "data_file",
+            {"path": "relative/x.txt", "action": "a", "action_ts": 1, "timestamp": 1700000000},
+        ),
+    ]
     for dg in bad:
         sim.send(dg)
     # The same file announced twice is one row.
@@ -93,10 +111,18 @@ def test_bad_input_is_counted_and_never_a_row(monitor):
     def settled():
         d = run_data(client)
         return d if d.get("counters", {}).get("duplicates") == 1 else None
+
     data = wait_for(settled, 10, "duplicate counted")
     r = data["rejected"]
-    assert (r["bad_json"], r["not_utf8"], r["not_object"], r["missing_field"],
-            r["unknown_type"], r["missing_action"], r["relative_path"]) == (1, 1, 1, 1, 1, 1, 1)
+    assert (
+        r["bad_json"],
+        r["not_utf8"],
+        r["not_object"],
+        r["missing_field"],
+        r["unknown_type"],
+        r["missing_action"],
+        r["relative_path"],
+    ) == (1, 1, 1, 1, 1, 1, 1)
     assert agent.alive()
     assert "rejected (bad_json)" in agent.log_text()
 
@@ -135,14 +161,18 @@ def test_kill_9_then_restart_replays_the_journal(agent_runner, site, tmp_path):
     agent = agent_runner("PysmurfMonitor", iid, args)
     # Lock the database so nothing can be written, then kill the agent.
     import sqlite3
+
     locker = sqlite3.connect(db_path, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     sim = SmurfSimulator(str(tmp_path / "smurf_data"), port=port)
     for _, dg in sim.files(40, g3_every=0):
         sim.send(dg)
     client = site.client(iid)
-    wait_for(lambda: run_data(client).get("counters", {}).get("files_announced") == 40, 10,
-             "40 files announced")
+    wait_for(
+        lambda: run_data(client).get("counters", {}).get("files_announced") == 40,
+        10,
+        "40 files announced",
+    )
     agent.kill()
     locker.execute("ROLLBACK")
     locker.close()

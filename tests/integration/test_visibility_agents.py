@@ -1,4 +1,5 @@
 """Three VisibilityRecorders and their VisibilityManager as real processes on a real hub."""
+
 import os
 import signal
 import time
@@ -8,8 +9,8 @@ import pytest
 
 from socs_agents.agents.visibility_recorder.schedule import DONE, RECORDING, Schedule
 from socs_agents.db import SupRsyncDB, md5_file
-from socs_agents.sim.sntp import SNTPResponder
-from socs_agents.testing import FeedSubscriber, WampCaller, wait_for
+from socs_agents.dev.sim.sntp import SNTPResponder
+from socs_agents.dev.testing import FeedSubscriber, WampCaller, wait_for
 from socs_agents.timeutil import unix_to_mjd_mpm
 
 pytestmark = pytest.mark.integration
@@ -30,15 +31,30 @@ class Fleet:
         self.agents = {}
 
     def recorder_args(self):
-        return [["--mode", "fast"], ["--data-dir", self.data_dir], ["--db-path", self.db_path],
-                ["--integration-time", 0.2], ["--integrations-per-file", 2],
-                ["--n-antennas", 4], ["--n-channels", 16], ["--now-lead", LEAD],
-                ["--monitor-interval", 0.25], POLICY]
+        return [
+            ["--mode", "fast"],
+            ["--data-dir", self.data_dir],
+            ["--db-path", self.db_path],
+            ["--integration-time", 0.2],
+            ["--integrations-per-file", 2],
+            ["--n-antennas", 4],
+            ["--n-channels", 16],
+            ["--now-lead", LEAD],
+            ["--monitor-interval", 0.25],
+            POLICY,
+        ]
 
     def manager_args(self, pipelines):
-        args = [["--mode", "fast"], ["--timeout", 1.5], ["--monitor-interval", 0.25],
-                ["--stale-after", STALE], ["--now-lead", LEAD],
-                ["--recorder-password", PW2], ["--cleared-note-hold", 30], POLICY]
+        args = [
+            ["--mode", "fast"],
+            ["--timeout", 1.5],
+            ["--monitor-interval", 0.25],
+            ["--stale-after", STALE],
+            ["--now-lead", LEAD],
+            ["--recorder-password", PW2],
+            ["--cleared-note-hold", 30],
+            POLICY,
+        ]
         return args + ([["--pipelines", *pipelines]] if pipelines else [])
 
     def start(self, iid):
@@ -91,24 +107,22 @@ def message_of(reply):
 
 
 def mjd_mpm(t):
-    return dict(zip(("mjd", "mpm"), unix_to_mjd_mpm(t)))
+    return dict(zip(("mjd", "mpm"), unix_to_mjd_mpm(t), strict=False))
 
 
 def test_ping_and_access_control(fleet):
     reply = fleet.client().ping()
     assert reply.session["success"] is True
-    assert reply.session["data"] == {iid: {"status": "success", "response": "pong"}
-                                     for iid in RECORDERS}
+    assert reply.session["data"] == {
+        iid: {"status": "success", "response": "pong"} for iid in RECORDERS
+    }
     # Changing state needs level 2: without the password, the manager refuses...
     refused = fleet.client().start(start_mjd="now")
     assert refused.status == -1
-    assert "requires credential level 2-ADVANCED but the client has only level 1" in \
-        refused.msg
+    assert "requires credential level 2-ADVANCED but the client has only level 1" in refused.msg
     # ...and so do the pipelines when called directly.
-    assert "requires credential level 2" in fleet.client(RECORDERS[0]).stop(
-        stop_mjd="now").msg
-    assert "requires credential level 2" in fleet.client(privs="wrong").sync(
-        server="127.0.0.1").msg
+    assert "requires credential level 2" in fleet.client(RECORDERS[0]).stop(stop_mjd="now").msg
+    assert "requires credential level 2" in fleet.client(privs="wrong").sync(server="127.0.0.1").msg
     assert all(not ops for ops in map(fleet.schedule, RECORDERS))
     # The docstrings users read in OCSClient show the signature.
     assert fleet.client().start.start.__doc__.startswith("start(start_mjd=None")
@@ -122,22 +136,33 @@ def test_direct_procedure_checks_credentials(fleet, site):
     try:
         for password in (None, "wrong", PW3[:-1]):
             kw = {"password": password} if password else {}
-            for op, params in (("start", {"start_mjd": "now"}), ("stop", {"stop_mjd": "now"}),
-                               ("sync", {"server": "127.0.0.1"})):
+            for op, params in (
+                ("start", {"start_mjd": "now"}),
+                ("stop", {"stop_mjd": "now"}),
+                ("sync", {"server": "127.0.0.1"}),
+            ):
                 reply = caller.call(uri, op, params, **kw)
                 assert reply["success"] is False, (op, password)
                 assert reply["message"].startswith(
                     "The action requires credential level 2-ADVANCED but the client has "
-                    "only level 1-BASIC"), reply
+                    "only level 1-BASIC"
+                ), reply
         assert caller.call(uri, "ping", {}) == {
-            "success": True, "message": "pong",
-            "data": {"response": "pong", "pipeline_id": RECORDERS[0], "mode": "fast",
-                     "timestamp": pytest.approx(time.time(), abs=5)}}
+            "success": True,
+            "message": "pong",
+            "data": {
+                "response": "pong",
+                "pipeline_id": RECORDERS[0],
+                "mode": "fast",
+                "timestamp": pytest.approx(time.time(), abs=5),
+            },
+        }
         # With the level-2 password, the parameters are checked as the task checks them.
         bad = caller.call(uri, "sync", {"server": "127.0.0.1", "port": 0}, password=PW2)
         assert bad["success"] is False and "port" in bad["message"]
-        assert caller.call(uri, "abort", {}, password=PW3)["message"] == \
-            'No operation called "abort"'
+        assert (
+            caller.call(uri, "abort", {}, password=PW3)["message"] == 'No operation called "abort"'
+        )
     finally:
         caller.close()
     assert all(not ops for ops in map(fleet.schedule, RECORDERS))
@@ -147,46 +172,57 @@ def test_start_stop_files_registered_and_errors(fleet):
     mgr = fleet.client(privs=PW2)
     missing = mgr.start()
     assert missing.session["success"] is False
-    assert message_of(missing) == ("Missing required keyword(s): start_mjd (or mjd), "
-                                   "start_mpm (or mpm)")
+    assert message_of(missing) == (
+        "Missing required keyword(s): start_mjd (or mjd), start_mpm (or mpm)"
+    )
     past = mgr.start(**mjd_mpm(time.time() - 10))  # the reference code's spelling
     assert past.session["success"] is False
     assert {r["status"] for r in past.session["data"].values()} == {"error"}
-    assert all(r["response"].startswith("Insufficient advanced notice")
-               for r in past.session["data"].values())
-    assert message_of(past) == ("start: 3 of 3 pipelines failed: vis-r0 (error), vis-r1 "
-                                "(error), vis-r2 (error)")
+    assert all(
+        r["response"].startswith("Insufficient advanced notice")
+        for r in past.session["data"].values()
+    )
+    assert message_of(past) == (
+        "start: 3 of 3 pipelines failed: vis-r0 (error), vis-r1 (error), vis-r2 (error)"
+    )
 
     started = mgr.start(start_mjd="now")
     assert started.session["success"] is True, message_of(started)
     dirs = {iid: r["response"] for iid, r in started.session["data"].items()}
     assert set(dirs) == set(RECORDERS)
     assert all(r["status"] == "success" for r in started.session["data"].values())
-    assert all(d.startswith(fleet.data_dir) and d.endswith(f"_fast_{iid}")
-               for iid, d in dirs.items())
+    assert all(
+        d.startswith(fleet.data_dir) and d.endswith(f"_fast_{iid}") for iid, d in dirs.items()
+    )
     # "now" was resolved once by the manager: every pipeline has the same start instant.
     ops = {iid: fleet.schedule(iid)[-1] for iid in RECORDERS}
     assert len({op.start for op in ops.values()}) == 1
     overlap = mgr.start(start_mjd="now")
     assert overlap.session["success"] is False
-    assert all("Operation overlaps with a previously scheduled operation" in r["response"]
-               for r in overlap.session["data"].values())
+    assert all(
+        "Operation overlaps with a previously scheduled operation" in r["response"]
+        for r in overlap.session["data"].values()
+    )
     wait_for(lambda: fleet.monitor()["op_type"] == "recording", 5, "all recording")
 
     stop_at = time.time() + 1.2
-    stopped = mgr.stop(stop_mjd=unix_to_mjd_mpm(stop_at)[0],
-                       stop_mpm=unix_to_mjd_mpm(stop_at)[1])
+    stopped = mgr.stop(stop_mjd=unix_to_mjd_mpm(stop_at)[0], stop_mpm=unix_to_mjd_mpm(stop_at)[1])
     assert stopped.session["success"] is True
     assert {iid: r["response"] for iid, r in stopped.session["data"].items()} == dirs
     # A stop ends the recording at the requested time, not at once.
     assert fleet.monitor()["op_type"] == "recording"
     assert all(fleet.schedule(iid)[-1].state == RECORDING for iid in RECORDERS)
-    wait_for(lambda: all(fleet.schedule(iid)[-1].state == DONE for iid in RECORDERS), 10,
-             "recordings done")
+    wait_for(
+        lambda: all(fleet.schedule(iid)[-1].state == DONE for iid in RECORDERS),
+        10,
+        "recordings done",
+    )
     wait_for(lambda: fleet.monitor()["op_type"] == "idle", 5, "all idle")
     nothing = mgr.stop(stop_mjd="now")
-    assert all(r["response"].startswith("No operation active at the requested stop time")
-               for r in nothing.session["data"].values())
+    assert all(
+        r["response"].startswith("No operation active at the requested stop time")
+        for r in nothing.session["data"].values()
+    )
 
     db = SupRsyncDB(fleet.db_path, create_all=False)
     try:
@@ -213,12 +249,10 @@ def test_start_stop_files_registered_and_errors(fleet):
 
 def test_sync_with_local_sntp_server(fleet):
     with SNTPResponder(offset=0.5, stratum=2) as server:
-        reply = fleet.client(privs=PW2).sync(server="127.0.0.1", port=server.port,
-                                             set_clock=True)
+        reply = fleet.client(privs=PW2).sync(server="127.0.0.1", port=server.port, set_clock=True)
         dead = SNTPResponder(silent=True).start()
         try:
-            silent = fleet.client(privs=PW2).sync(server="127.0.0.1", port=dead.port,
-                                                  timeout=0.3)
+            silent = fleet.client(privs=PW2).sync(server="127.0.0.1", port=dead.port, timeout=0.3)
         finally:
             dead.close()
     assert reply.session["success"] is True and server.requests == 3
@@ -228,8 +262,10 @@ def test_sync_with_local_sntp_server(fleet):
         assert r["response"]["stratum"] == 2 and r["response"]["clock_set"] is False
         assert "not allowed" in r["response"]["clock_note"]
     assert silent.session["success"] is False
-    assert all(r["status"] == "error" and "no answer from NTP server" in r["response"]
-               for r in silent.session["data"].values())
+    assert all(
+        r["status"] == "error" and "no answer from NTP server" in r["response"]
+        for r in silent.session["data"].values()
+    )
 
 
 def test_stalled_pipeline_times_out_goes_stale_and_clears(fleet, site):
@@ -239,22 +275,35 @@ def test_stalled_pipeline_times_out_goes_stale_and_clears(fleet, site):
         stalled.send_signal(signal.SIGSTOP)
         reply = fleet.client().ping()
         assert reply.session["success"] is False
-        assert reply.session["data"]["vis-r2"] == {"status": "timeout",
-                                                   "response": "no answer within 1.5 s"}
+        assert reply.session["data"]["vis-r2"] == {
+            "status": "timeout",
+            "response": "no answer within 1.5 s",
+        }
         assert all(reply.session["data"][i]["status"] == "success" for i in RECORDERS[:2])
         assert message_of(reply) == "ping: 1 of 3 pipelines failed: vis-r2 (timeout)"
-        data = wait_for(lambda: (lambda d: d if d["summary"] == "error" else None)(
-            fleet.monitor()), 2 * STALE + 2, "the manager to see the stale pipeline")
+        data = wait_for(
+            lambda: (lambda d: d if d["summary"] == "error" else None)(fleet.monitor()),
+            2 * STALE + 2,
+            "the manager to see the stale pipeline",
+        )
         assert data["info"] == f"1 pipeline has not updated in {STALE:g} s: vis-r2"
         assert data["pipelines"]["vis-r2"]["stale"] is True
     finally:
         stalled.send_signal(signal.SIGCONT)
-    data = wait_for(lambda: (lambda d: d if d["summary"] == "normal" else None)(
-        fleet.monitor()), 10, "the manager back to normal")
-    assert data["info"] == (f"all 3 pipelines normal (cleared: error: 1 pipeline has not "
-                            f"updated in {STALE:g} s: vis-r2)")
-    wait_for(lambda: any("cleared" in m[0]["summary"]["data"]["info"][-1]
-                         for m in feed.messages), 5, "the cleared note on the feed")
+    data = wait_for(
+        lambda: (lambda d: d if d["summary"] == "normal" else None)(fleet.monitor()),
+        10,
+        "the manager back to normal",
+    )
+    assert data["info"] == (
+        f"all 3 pipelines normal (cleared: error: 1 pipeline has not "
+        f"updated in {STALE:g} s: vis-r2)"
+    )
+    wait_for(
+        lambda: any("cleared" in m[0]["summary"]["data"]["info"][-1] for m in feed.messages),
+        5,
+        "the cleared note on the feed",
+    )
     feed.close()
     summaries = [m[0]["summary"]["data"]["summary"][-1] for m in feed.messages]
     assert "error" in summaries and summaries[-1] == "normal"
@@ -270,14 +319,19 @@ def test_killed_recorder_then_restarted_resumes(fleet, site):
     fleet.agents[victim].kill()
     reply = fleet.client().ping()
     assert reply.session["data"][victim] == {
-        "status": "timeout", "response": "no answer: not registered on the hub (agent not "
-        "running)"}
+        "status": "timeout",
+        "response": "no answer: not registered on the hub (agent not running)",
+    }
     assert message_of(reply) == f"ping: 1 of 3 pipelines failed: {victim} (timeout)"
     files_before = fleet.schedule(victim)[-1].files
     fleet.start(victim)
-    status = wait_for(lambda: (lambda d: d if d.get("op_type") == "recording" else None)(
-        fleet.client(victim).monitor.status().session.get("data") or {}), 10,
-        "the restarted recorder recording")
+    status = wait_for(
+        lambda: (lambda d: d if d.get("op_type") == "recording" else None)(
+            fleet.client(victim).monitor.status().session.get("data") or {}
+        ),
+        10,
+        "the restarted recorder recording",
+    )
     assert status["op_tag"] == tag and "resumed after a restart" in status["info"]
     wait_for(lambda: fleet.schedule(victim)[-1].files > files_before, 5, "files after restart")
     op = fleet.schedule(victim)[-1]

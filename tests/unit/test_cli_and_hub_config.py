@@ -1,4 +1,5 @@
 """suprsync-db output and the crossbar config rendered from a site-config."""
+
 import json
 
 import pytest
@@ -31,8 +32,7 @@ def test_suprsync_db_commands(filled_db, capsys):
     assert db_main(["--db", filled_db, "--json", "stats", "smurf"]) == 0
     assert json.loads(capsys.readouterr().out)["uncopied_files"] == 1
     assert db_main(["--db", filled_db, "--json", "show", "1"]) == 0
-    assert json.loads(capsys.readouterr().out)["local_md5sum"] == \
-        "900150983cd24fb0d6963f7d28e17f72"
+    assert json.loads(capsys.readouterr().out)["local_md5sum"] == "900150983cd24fb0d6963f7d28e17f72"
 
 
 def test_suprsync_db_errors(filled_db, tmp_path, capsys):
@@ -43,8 +43,12 @@ def test_suprsync_db_errors(filled_db, tmp_path, capsys):
     assert db_main(["--db", filled_db, "show", "99"]) == 2
 
 
-HUB = {"wamp_server": "ws://127.0.0.1:8001/ws", "wamp_http": "http://127.0.0.1:8001/call",
-       "wamp_realm": "test_realm", "address_root": "observatory"}
+HUB = {
+    "wamp_server": "ws://127.0.0.1:8001/ws",
+    "wamp_http": "http://127.0.0.1:8001/call",
+    "wamp_realm": "test_realm",
+    "address_root": "observatory",
+}
 
 
 def test_render_has_what_ocs_and_crossbar_need():
@@ -69,20 +73,28 @@ def test_interface_from_site_config():
     assert s.interface == "0.0.0.0" and s.wamp_server == "ws://127.0.0.1:8001/ws"
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"wamp_server": None}, "lacks wamp_server"),
-    ({"wamp_server": "http://x:1/ws"}, "must look like"),
-    ({"wamp_server": "ws://x/ws"}, "must look like"),
-    ({"wamp_http": "http://127.0.0.1:9/call"}, "same port"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"wamp_server": None}, "lacks wamp_server"),
+        ({"wamp_server": "http://x:1/ws"}, "must look like"),
+        ({"wamp_server": "ws://x/ws"}, "must look like"),
+        ({"wamp_http": "http://127.0.0.1:9/call"}, "same port"),
+    ],
+)
 def test_bad_hub_sections(change, message):
     with pytest.raises(HubConfigError, match=message):
         hub_settings(dict(HUB, **change))
 
 
 def _settings(port):
-    return hub_settings({"wamp_server": f"ws://127.0.0.1:{port}/ws", "wamp_realm": "r",
-                         "address_root": "observatory"})
+    return hub_settings(
+        {
+            "wamp_server": f"ws://127.0.0.1:{port}/ws",
+            "wamp_realm": "r",
+            "address_root": "observatory",
+        }
+    )
 
 
 def test_port_check_refuses_a_listener_but_not_connections_left_in_time_wait():

@@ -1,4 +1,5 @@
 """docker-compose.yml, Dockerfile and site-config.yaml agree (no Docker engine runs here)."""
+
 import os
 import re
 
@@ -16,8 +17,10 @@ def load(name):
 
 
 def site_instances():
-    return {i["instance-id"]: i for i in load("site-config.yaml")["hosts"]["localhost"]
-            ["agent-instances"]}
+    return {
+        i["instance-id"]: i
+        for i in load("site-config.yaml")["hosts"]["localhost"]["agent-instances"]
+    }
 
 
 def test_site_config_hub_renders():
@@ -39,10 +42,10 @@ def test_every_compose_service_names_a_site_instance():
         assert env["INSTANCE_ID"] in instances, name
         assert env["SITE_HUB"].startswith("ws://") and env["SITE_HTTP"].startswith("http://")
         assert svc["network_mode"] == "host"
-        assert any(v.endswith(":/config:ro") or v.endswith(":/config")
-                   for v in svc["volumes"])
-    in_compose = {dict(e.split("=", 1) for e in s["environment"])["INSTANCE_ID"]
-                  for s in agents.values()}
+        assert any(v.endswith(":/config:ro") or v.endswith(":/config") for v in svc["volumes"])
+    in_compose = {
+        dict(e.split("=", 1) for e in s["environment"])["INSTANCE_ID"] for s in agents.values()
+    }
     managed = {iid for iid, i in instances.items() if i["agent-class"] != "HostManager"}
     assert managed <= in_compose, "every agent of the site-config has a compose service"
 

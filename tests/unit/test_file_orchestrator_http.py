@@ -1,4 +1,5 @@
 """The HTTP API's routing and validation, driven directly (no reactor, no socket)."""
+
 import json
 import sqlite3
 
@@ -21,10 +22,20 @@ def call(api, method, path, body=None, raw=None):
     return api.handle(method, path, raw)
 
 
-NEW = {"host": "daq1", "file": "/data/run1_0.hdf5", "run_number": 1,
-       "record_type": "TriggerRecord", "record_ids": [[1, 0], [2, 0]]}
-DONE = {"file": "", "run_number": 1, "trigger_number": 1, "sequence_number": 0,
-        "type": "TriggerRecord"}
+NEW = {
+    "host": "daq1",
+    "file": "/data/run1_0.hdf5",
+    "run_number": 1,
+    "record_type": "TriggerRecord",
+    "record_ids": [[1, 0], [2, 0]],
+}
+DONE = {
+    "file": "",
+    "run_number": 1,
+    "trigger_number": 1,
+    "sequence_number": 0,
+    "type": "TriggerRecord",
+}
 
 
 def test_client_endpoints_round_trip(api):
@@ -35,8 +46,13 @@ def test_client_endpoints_round_trip(api):
     assert call(api, "POST", "/read-next-triggerrecord", {"host": "daq9", "file": ""})[0] == 404
     status, body = call(api, "POST", "/read-next-triggerrecord", {"host": "daq1", "file": ""})
     assert status == 200
-    assert body == {"file": "/data/run1_0.hdf5", "run_number": 1, "trigger_number": 1,
-                    "sequence_number": 0, "type": "TriggerRecord"}
+    assert body == {
+        "file": "/data/run1_0.hdf5",
+        "run_number": 1,
+        "trigger_number": 1,
+        "sequence_number": 0,
+        "type": "TriggerRecord",
+    }
     assert call(api, "POST", "/complete", DONE)[0] == 200
     assert call(api, "POST", "/complete", dict(DONE, trigger_number=77))[0] == 404
     assert call(api, "GET", "/request-ts")[0] == 200
@@ -50,8 +66,9 @@ def test_readme_aliases(api):
     status, body = call(api, "GET", "/read-next-tr", {"host": "daq1"})
     assert status == 200 and body["trigger_number"] == 1
     # tr-complete without "type" or "file"
-    status, _ = call(api, "POST", "/tr-complete",
-                     {"run_number": 1, "trigger_number": 1, "sequence_number": 0})
+    status, _ = call(
+        api, "POST", "/tr-complete", {"run_number": 1, "trigger_number": 1, "sequence_number": 0}
+    )
     assert status == 200
     status, body = call(api, "GET", "/stats")
     assert status == 200 and body["counts"]["done"] == 1
@@ -84,7 +101,7 @@ BAD = [
     ("/new-file", dict(NEW, run_number="1")),
     ("/new-file", dict(NEW, run_number=True)),
     ("/new-file", dict(NEW, run_number=-1)),
-    ("/new-file", dict(NEW, run_number=2 ** 64)),
+    ("/new-file", dict(NEW, run_number=2**64)),
     ("/new-file", dict(NEW, record_type="Slice")),
     ("/new-file", dict(NEW, record_ids="1,0")),
     ("/new-file", dict(NEW, record_ids=[[1, 0], [2]])),
@@ -123,10 +140,12 @@ def test_bad_input_is_400_and_changes_nothing(api, path, body):
     assert api.state.counts() == counts
 
 
-@pytest.mark.parametrize("value,expected", [("1", True), ("2", True), ("0", False),
-                                            ("", False), ("yes", False)])
+@pytest.mark.parametrize(
+    "value,expected", [("1", True), ("2", True), ("0", False), ("", False), ("yes", False)]
+)
 def test_the_reference_debug_switch(monkeypatch, value, expected):
     from socs_agents.agents.file_orchestrator.options import env_debug
+
     monkeypatch.setenv("ORCHESTRATOR_FLASK_DEBUG", value)
     assert env_debug() is expected
     monkeypatch.delenv("ORCHESTRATOR_FLASK_DEBUG")
@@ -135,7 +154,7 @@ def test_the_reference_debug_switch(monkeypatch, value, expected):
 
 def test_remote_paths_for_suprsync():
     from socs_agents.agents.file_orchestrator.options import remote_path_for
-    assert remote_path_for("/data/daq/run1/a.hdf5", ["/data/other", "/data/daq/"]) == \
-        "run1/a.hdf5"
+
+    assert remote_path_for("/data/daq/run1/a.hdf5", ["/data/other", "/data/daq/"]) == "run1/a.hdf5"
     assert remote_path_for("/elsewhere/a.hdf5", ["/data/daq"]) == "a.hdf5"
     assert remote_path_for("/data/daqx/a.hdf5", ["/data/daq"]) == "a.hdf5"

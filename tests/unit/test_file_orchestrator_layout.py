@@ -1,4 +1,5 @@
 """Reading the DUNE HDF5 layout with h5py, and discovering files with watchdog."""
+
 import os
 import subprocess
 import sys
@@ -10,22 +11,24 @@ import numpy as np
 import pytest
 
 from socs_agents.agents.file_orchestrator.discovery import Discovery
-from socs_agents.agents.file_orchestrator.layout import (LayoutError, parse_group_name,
-                                                         read_layout)
-from socs_agents.sim.dune import DuneWriter, check_record
-from socs_agents.testing import wait_for
+from socs_agents.agents.file_orchestrator.layout import LayoutError, parse_group_name, read_layout
+from socs_agents.dev.sim.dune import DuneWriter, check_record
+from socs_agents.dev.testing import wait_for
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("TriggerRecord000012.0001", ("TriggerRecord", 12, 1)),
-    ("TriggerRecord12.3", ("TriggerRecord", 12, 3)),
-    ("TriggerRecord0000000042", ("TriggerRecord", 42, 0)),
-    ("TimeSlice000007", ("TimeSlice", 7, 0)),
-    ("TimeSlice7.1", None),
-    ("TriggerRecordX", None),
-    ("RawData", None),
-    ("triggerrecord000001.0000", None),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("TriggerRecord000012.0001", ("TriggerRecord", 12, 1)),
+        ("TriggerRecord12.3", ("TriggerRecord", 12, 3)),
+        ("TriggerRecord0000000042", ("TriggerRecord", 42, 0)),
+        ("TimeSlice000007", ("TimeSlice", 7, 0)),
+        ("TimeSlice7.1", None),
+        ("TriggerRecordX", None),
+        ("RawData", None),
+        ("triggerrecord000001.0000", None),
+    ],
+)
 def test_group_names(name, expected):
     assert parse_group_name(name) == expected
 
@@ -80,8 +83,12 @@ f.close()
 def test_a_file_open_for_writing_is_refused_until_closed(tmp_path):
     # HDF5 shares a file opened twice in one process: the writer must be another process.
     path = str(tmp_path / "open_run000001.hdf5")
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, path], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout.readline().strip() == "open"
         with pytest.raises(OSError):
@@ -93,7 +100,7 @@ def test_a_file_open_for_writing_is_refused_until_closed(tmp_path):
 
 WRITE_SLOWLY = """
 import sys
-from socs_agents.sim.dune import DuneWriter
+from socs_agents.dev.sim.dune import DuneWriter
 path, ids = DuneWriter(sys.argv[1], run_number=2).write_file(records=3, before_close_delay=0.3)
 print(path, flush=True)
 """
@@ -117,19 +124,22 @@ def test_discovery_renames_closes_deletes_and_scans(tmp_path):
     vol = tmp_path / "vol"
     (vol / "sub").mkdir(parents=True)
     w0 = DuneWriter(str(vol), run_number=1)
-    before, _ = w0.write_file(records=2)              # there before the watch starts
-    known_gone = str(vol / "gone_run000001.hdf5")      # known, but deleted while down
+    before, _ = w0.write_file(records=2)  # there before the watch starts
+    known_gone = str(vol / "gone_run000001.hdf5")  # known, but deleted while down
     c = Collector()
-    d = Discovery([str(vol)], ["*.hdf5"], c.add, c.gone, known=[known_gone],
-                  rescan_interval=0)
+    d = Discovery([str(vol)], ["*.hdf5"], c.add, c.gone, known=[known_gone], rescan_interval=0)
     d.start()
     try:
         wait_for(lambda: before in c.added and known_gone in c.removed, 10, "first scan")
         # renamed into place while still open by another process (its last close comes
         # 0.3 s after the rename)
-        renamed = subprocess.run([sys.executable, "-c", WRITE_SLOWLY, str(vol / "sub")],
-                                 check=True, capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
+        renamed = subprocess.run(
+            [sys.executable, "-c", WRITE_SLOWLY, str(vol / "sub")],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         ids = [(1, 0), (2, 0), (3, 0)]
         w = DuneWriter(str(vol / "sub"), run_number=2)
         w.file_index = 1
@@ -143,7 +153,7 @@ def test_discovery_renames_closes_deletes_and_scans(tmp_path):
         wait_for(lambda: renamed in c.added and direct in c.added, 10, "new files")
         assert c.added[renamed].records == {"TriggerRecord": ids}
         assert c.added[direct].records == {"TimeSlice": [(1, 0)]}
-        assert d.counters["retries"] >= 1   # the renamed file was still locked
+        assert d.counters["retries"] >= 1  # the renamed file was still locked
         os.remove(renamed)
         wait_for(lambda: renamed in c.removed, 10, "removal")
         assert unfinished not in c.added

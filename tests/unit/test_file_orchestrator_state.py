@@ -1,10 +1,10 @@
 """The orchestrator's state machine on a real SQLite file, with an injected clock."""
+
 import sqlite3
 
 import pytest
 
-from socs_agents.agents.file_orchestrator.state import (TIME_SLICE, TRIGGER_RECORD, State,
-                                                        StateError)
+from socs_agents.agents.file_orchestrator.state import TIME_SLICE, TRIGGER_RECORD, State, StateError
 
 TR, TS = TRIGGER_RECORD, TIME_SLICE
 
@@ -45,8 +45,13 @@ def test_request_read_complete(db_path, clock):
     assert s.request(TR).body["credits"] == 1
     status, body = read(s)
     assert status == 200
-    assert body == {"file": "/d/a.hdf5", "run_number": 5, "trigger_number": 1,
-                    "sequence_number": 0, "type": TR}
+    assert body == {
+        "file": "/d/a.hdf5",
+        "run_number": 5,
+        "trigger_number": 1,
+        "sequence_number": 0,
+        "type": TR,
+    }
     assert s.counts()["credits_tr"] == 0 and s.counts()["active"] == 1
     assert s.complete(5, 1, 0).status == 200
     c = s.counts()
@@ -59,8 +64,7 @@ def test_oldest_first_across_files_and_hosts(db_path, clock):
     s.add_file("daq2", "/d/b.hdf5", 1, TR, [(1, 0)])
     s.add_file("daq1", "/d/c.hdf5", 1, TR, [(1, 0)])
     s.request(TR, 10)
-    got = [(b["file"], b["trigger_number"]) for b in
-           (read(s)[1], read(s)[1], read(s)[1])]
+    got = [(b["file"], b["trigger_number"]) for b in (read(s)[1], read(s)[1], read(s)[1])]
     assert got == [("/d/a.hdf5", 3), ("/d/a.hdf5", 4), ("/d/c.hdf5", 1)]
     # daq1 has nothing left: 404, and the credit is kept
     assert read(s)[0] == 404
@@ -114,8 +118,7 @@ def test_complete_unknown_done_and_preference(db_path, clock):
     assert out.status == 200 and out.body["file"] == "/d/b.hdf5"
     assert s.counts()["pending"] == 1
     # completing again is fine (the writer also completes after failed writes)
-    assert s.complete(1, 1, 0, file="/d/b.hdf5").body == {"status": "ok",
-                                                           "already_done": True}
+    assert s.complete(1, 1, 0, file="/d/b.hdf5").body == {"status": "ok", "already_done": True}
     assert s.complete(1, 1, 1).status == 404
     assert s.complete(1, 1, 0, TS).status == 404
     assert s.counts()["completed"] == 1
@@ -149,8 +152,13 @@ def test_remove_file_withdraws_pending_only(db_path, clock):
     assert out.body["withdrawn"] == 2
     assert read(s)[0] == 404
     c = s.counts()
-    assert (c["files"], c["files_removed"], c["pending"], c["active"], c["withdrawn"]) == \
-        (0, 1, 0, 1, 2)
+    assert (c["files"], c["files_removed"], c["pending"], c["active"], c["withdrawn"]) == (
+        0,
+        1,
+        0,
+        1,
+        2,
+    )
     # the active record of a removed file is withdrawn when its lease expires
     clock.t += 11
     assert s.expire_leases() == 1
@@ -193,12 +201,12 @@ def test_everything_survives_a_reopen(db_path, clock):
     s.add_file("daq1", "/d/t.hdf5", 3, TS, [(1, 0), (2, 0)])
     s.request(TR, 4)
     s.request(TS, 1)
-    read(s)                      # record 1 active
-    read(s)                      # record 2 active
-    s.complete(3, 1, 0)          # record 1 done
-    read(s, rtype=TS)            # time slice 1 done
+    read(s)  # record 1 active
+    read(s)  # record 2 active
+    s.complete(3, 1, 0)  # record 1 done
+    read(s, rtype=TS)  # time slice 1 done
     before = s.counts()
-    s.con.close()                # no clean close: as after a kill -9
+    s.con.close()  # no clean close: as after a kill -9
     s = make(db_path, clock, lease_timeout=10)
     assert s.counts() == before
     assert before["credits_tr"] == 2 and before["active"] == 1 and before["done"] == 2
@@ -218,9 +226,13 @@ def test_rejections_change_nothing(db_path, clock):
     s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0)])
     dump = lambda: list(sqlite3.connect(db_path).iterdump())  # noqa: E731
     before, counts = dump(), s.counts()
-    for call in (lambda: s.add_file("daq1", "/d/b.hdf5", 1, "Slice", [(1, 0)]),
-                 lambda: s.request("Nope"), lambda: s.request(TR, 0),
-                 lambda: s.read_next("daq1", "x"), lambda: s.complete(1, 1, 0, "y")):
+    for call in (
+        lambda: s.add_file("daq1", "/d/b.hdf5", 1, "Slice", [(1, 0)]),
+        lambda: s.request("Nope"),
+        lambda: s.request(TR, 0),
+        lambda: s.read_next("daq1", "x"),
+        lambda: s.complete(1, 1, 0, "y"),
+    ):
         with pytest.raises(StateError):
             call()
     assert dump() == before and s.counts() == counts
@@ -259,5 +271,4 @@ def test_older_files_first_whatever_the_discovery_order(db_path, clock):
     s.add_file("daq1", "/d/c.hdf5", 1, TR, [(9, 0)], created=clock.t - 30)
     s.add_file("daq1", "/d/d.hdf5", 1, TR, [(7, 0)], created=clock.t - 90)
     s.request(TR, 2)
-    assert [read(s, file="/d/c.hdf5")[1]["trigger_number"], read(s)[1]["trigger_number"]] == \
-        [9, 7]
+    assert [read(s, file="/d/c.hdf5")[1]["trigger_number"], read(s)[1]["trigger_number"]] == [9, 7]

@@ -1,4 +1,5 @@
 """The registrar on a real SQLite file: batching, retries, lock survival, journal replay."""
+
 import os
 import sqlite3
 import threading
@@ -10,8 +11,8 @@ from socs_agents.agents.pysmurf_monitor.journal import Journal
 from socs_agents.agents.pysmurf_monitor.messages import parse_datagram
 from socs_agents.agents.pysmurf_monitor.registrar import Registrar, RegistrarConfig
 from socs_agents.db import SupRsyncDB
-from socs_agents.sim.smurf import SmurfSimulator
-from socs_agents.testing import wait_for
+from socs_agents.dev.sim.smurf import SmurfSimulator
+from socs_agents.dev.testing import wait_for
 
 
 @pytest.fixture
@@ -31,8 +32,12 @@ def db(tmp_path):
 def make(db, tmp_path=None, journal=True, **cfg):
     j = Journal(str(tmp_path / "journal")) if journal and tmp_path is not None else None
     reports = []
-    r = Registrar(db, j, config=RegistrarConfig(**cfg),
-                  report=lambda level, text: reports.append((level, text)))
+    r = Registrar(
+        db,
+        j,
+        config=RegistrarConfig(**cfg),
+        report=lambda level, text: reports.append((level, text)),
+    )
     r.reports = reports
     return r
 
@@ -133,12 +138,19 @@ def test_journal_replays_what_a_killed_run_left(db, sim, tmp_path):
     dead.journal._file.close()  # what kill -9 leaves: the lines written so far
     assert db.count() == 0
     # Two of them were written before the kill: the replay must not duplicate them.
-    from socs_agents.db import make_entry
     from socs_agents.agents.pysmurf_monitor.rules import plan_file
-    first = [plan_file(parse_datagram(dg).payload, parse_datagram(dg).pub_id,
-                       parse_datagram(dg).archive) for _, dg in files[:2]]
-    db.add_files([make_entry(p.local_path, p.remote_path, p.archive_name,
-                             known_archives=None) for p in first])
+    from socs_agents.db import make_entry
+
+    first = [
+        plan_file(parse_datagram(dg).payload, parse_datagram(dg).pub_id, parse_datagram(dg).archive)
+        for _, dg in files[:2]
+    ]
+    db.add_files(
+        [
+            make_entry(p.local_path, p.remote_path, p.archive_name, known_archives=None)
+            for p in first
+        ]
+    )
     again = make(db, tmp_path)
     again.start()
     assert again.counters["replayed"] == 12
@@ -179,7 +191,7 @@ def test_a_stream_of_files_is_committed_in_batches(db, sim, tmp_path):
     files = sim.files(400, g3_every=0)
     t0 = time.monotonic()
     for i in range(0, len(files), 4):
-        reg.submit_many([parse_datagram(dg) for _, dg in files[i:i + 4]])
+        reg.submit_many([parse_datagram(dg) for _, dg in files[i : i + 4]])
     assert reg.drain(20)
     elapsed = time.monotonic() - t0
     reg.stop()

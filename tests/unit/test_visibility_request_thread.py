@@ -1,4 +1,5 @@
 """The recorder's request thread: outcomes in order, errors as failures, a clean stop."""
+
 import threading
 
 import pytest

@@ -1,8 +1,15 @@
 """The recording schedule's rules: request times, the reference's errors, persistence."""
+
 import pytest
 
 from socs_agents.agents.visibility_recorder.schedule import (
-    DONE, RECORDING, SCHEDULED, Schedule, ScheduleError, request_time)
+    DONE,
+    RECORDING,
+    SCHEDULED,
+    Schedule,
+    ScheduleError,
+    request_time,
+)
 from socs_agents.timeutil import ctime_code, mjd_mpm_to_unix, unix_to_mjd_mpm, utc_stamp
 
 NOW = 1_795_254_111.5  # 2026-11-21T09:41:51.5Z
@@ -28,14 +35,17 @@ def test_request_time_both_spellings_and_now():
     assert request_time({"mjd": "NOW", "mpm": 5}, "start", NOW, lead=0.5).t == NOW + 0.5
 
 
-@pytest.mark.parametrize("params, message", [
-    ({}, "Missing required keyword(s): start_mjd (or mjd), start_mpm (or mpm)"),
-    ({"start_mjd": 61365}, "Missing required keyword(s): start_mpm (or mpm)"),
-    ({"mpm": 5}, "Missing required keyword(s): start_mjd (or mjd)"),
-    ({"start_mjd": "tomorrow", "start_mpm": 0}, "start_mjd must be an integer or 'now'"),
-    ({"start_mjd": 61365.5, "start_mpm": 0}, "start_mjd must be an integer"),
-    ({"start_mjd": 61365, "start_mpm": 86_400_000}, "start_mpm must be within"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({}, "Missing required keyword(s): start_mjd (or mjd), start_mpm (or mpm)"),
+        ({"start_mjd": 61365}, "Missing required keyword(s): start_mpm (or mpm)"),
+        ({"mpm": 5}, "Missing required keyword(s): start_mjd (or mjd)"),
+        ({"start_mjd": "tomorrow", "start_mpm": 0}, "start_mjd must be an integer or 'now'"),
+        ({"start_mjd": 61365.5, "start_mpm": 0}, "start_mjd must be an integer"),
+        ({"start_mjd": 61365, "start_mpm": 86_400_000}, "start_mpm must be within"),
+    ],
+)
 def test_request_time_errors(params, message):
     with pytest.raises(ScheduleError) as e:
         request_time(params, "start", NOW)
@@ -45,8 +55,11 @@ def test_request_time_errors(params, message):
 def test_start_in_the_past_is_refused(tmp_path):
     s = Schedule(str(tmp_path / "s.sqlite"))
     s.add_start(NOW - 1.9, NOW, "ok")  # within the 2 s allowance
-    with pytest.raises(ScheduleError, match="Insufficient advanced notice: the start time "
-                       r"2026-11-21T09:41:48.500Z is 3.0 s in the past"):
+    with pytest.raises(
+        ScheduleError,
+        match="Insufficient advanced notice: the start time "
+        r"2026-11-21T09:41:48.500Z is 3.0 s in the past",
+    ):
         Schedule(":memory:").add_start(NOW - 3, NOW, "late")
 
 
@@ -55,8 +68,11 @@ def test_overlap_stop_and_reopen(tmp_path):
     first = s.add_start(NOW + 10, NOW, "first")
     assert first.state == SCHEDULED and first.stop is None
     # Open-ended: any later start overlaps it; the message names the operation.
-    with pytest.raises(ScheduleError, match="Operation overlaps with a previously scheduled "
-                       r"operation: first \(.* to open-ended\)"):
+    with pytest.raises(
+        ScheduleError,
+        match="Operation overlaps with a previously scheduled "
+        r"operation: first \(.* to open-ended\)",
+    ):
         s.add_start(NOW + 100, NOW, "second")
     with pytest.raises(ScheduleError, match="No operation active at the requested stop time"):
         s.add_stop(NOW + 5, NOW)  # before it starts
@@ -88,8 +104,7 @@ def test_schedule_survives_reopening(tmp_path):
     s.close()
     again = Schedule(path)
     (op2,) = again.operations(open_only=True)
-    assert (op2.tag, op2.state, op2.actual_start, op2.files) == ("rec", RECORDING,
-                                                                 NOW + 1.002, 4)
+    assert (op2.tag, op2.state, op2.actual_start, op2.files) == ("rec", RECORDING, NOW + 1.002, 4)
     again.mark_resumed(op2.id, "resumed after a restart")
     again.mark_finished(op2.id, NOW + 9)
     (done,) = again.operations()

@@ -1,4 +1,5 @@
 """HDF5 files, SupRsync registration, and the recording engine with short integrations."""
+
 import os
 import stat
 import time
@@ -8,13 +9,15 @@ import numpy as np
 import pytest
 
 from socs_agents.agents.visibility_recorder.correlator import POLARIZATIONS, SimulatedCorrelator
-from socs_agents.agents.visibility_recorder.engine import (EngineConfig, RecordingEngine,
-                                                           pipeline_summary)
+from socs_agents.agents.visibility_recorder.engine import (
+    EngineConfig,
+    RecordingEngine,
+    pipeline_summary,
+)
 from socs_agents.agents.visibility_recorder.schedule import DONE, RECORDING, Schedule
-from socs_agents.agents.visibility_recorder.writer import (FileChunk, VisibilityWriter,
-                                                           WriteError)
+from socs_agents.agents.visibility_recorder.writer import FileChunk, VisibilityWriter, WriteError
 from socs_agents.db import SupRsyncDB, md5_file
-from socs_agents.testing import wait_for
+from socs_agents.dev.testing import wait_for
 from socs_agents.timeutil import ctime_code, unix_to_mjd_mpm
 
 
@@ -32,9 +35,15 @@ def test_correlator_shape_and_determinism():
 def chunk(tag="20261121_094151_fast_p1", index=0, n=3, t0=1_795_254_111.5):
     c = SimulatedCorrelator(n_antennas=3, n_channels=8)
     times = t0 + 0.1 * np.arange(n)
-    return FileChunk(tag=tag, index=index, times=times,
-                     data=np.stack([c.integrate(t, 0.1) for t in times]),
-                     frequencies=c.frequencies, baselines=c.baselines, recording_start=t0)
+    return FileChunk(
+        tag=tag,
+        index=index,
+        times=times,
+        data=np.stack([c.integrate(t, 0.1) for t in times]),
+        frequencies=c.frequencies,
+        baselines=c.baselines,
+        recording_start=t0,
+    )
 
 
 def test_writer_file_contents_rename_and_idempotent_registration(tmp_path):
@@ -58,7 +67,8 @@ def test_writer_file_contents_rename_and_idempotent_registration(tmp_path):
     assert row["local_md5sum"] == md5_file(written.path) == written.md5
     assert (row["archive_name"], row["remote_path"]) == ("drv_fast", written.remote_path)
     assert [(t["timecode"], t["archive_name"]) for t in db.timecode_dirs()] == [
-        (int(ctime_code(ch.times[0])), "drv_fast")]
+        (int(ctime_code(ch.times[0])), "drv_fast")
+    ]
     db.add_files([])  # registering the same file again adds nothing
     w.write(ch)
     assert db.count() == 1
@@ -79,6 +89,7 @@ def test_writer_registration_failure_is_an_error(tmp_path):
     db = SupRsyncDB(str(tmp_path / "suprsync.db"))
     w = VisibilityWriter(str(tmp_path / "data"), "slow", "p1", 10.0, db)
     import sqlite3
+
     locker = sqlite3.connect(str(tmp_path / "suprsync.db"), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     db.engine.dispose()
@@ -115,16 +126,21 @@ def test_pipeline_summary_precedence():
     assert pipeline_summary("running", "", "", 95.5, **args)[0] == "warning"
     assert pipeline_summary("running", "", "", 99.5, **args)[0] == "error"
     assert pipeline_summary("running", "", "file write failed: x", 96, **args) == (
-        "error", "file write failed: x")
+        "error",
+        "file write failed: x",
+    )
     assert pipeline_summary("running", "writer thread died", "", 10, **args)[0] == "error"
 
 
 def make_engine(tmp_path, per_file=3, lead=0.3, db=None, warn=95.0):
     sch = Schedule(str(tmp_path / "schedule.sqlite"))
     w = VisibilityWriter(str(tmp_path / "data"), "fast", "p1", 0.1, db, "drv_fast")
-    e = RecordingEngine(sch, w, SimulatedCorrelator(n_antennas=3, n_channels=8),
-                        EngineConfig("fast", "p1", 0.1, per_file, now_lead=lead,
-                                     disk_warning_pct=warn))
+    e = RecordingEngine(
+        sch,
+        w,
+        SimulatedCorrelator(n_antennas=3, n_channels=8),
+        EngineConfig("fast", "p1", 0.1, per_file, now_lead=lead, disk_warning_pct=warn),
+    )
     return e, sch
 
 
@@ -139,7 +155,7 @@ def test_engine_records_until_the_requested_stop(tmp_path):
         assert e.status()["op_type"] == "waiting"
         wait_for(lambda: e.status()["op_type"] == "recording", 3, "recording")
         stop_at = answer["requested_time"] + 1.05  # 10 integrations, then a partial one
-        e.request_stop(dict(zip(("mjd", "mpm"), unix_to_mjd_mpm(stop_at))))
+        e.request_stop(dict(zip(("mjd", "mpm"), unix_to_mjd_mpm(stop_at), strict=False)))
         assert e.status()["op_type"] == "recording"  # not at once
         wait_for(lambda: sch.operations()[0].state == DONE, 5, "recording done")
         wait_for(lambda: e.files_written == 4, 5, "4 files")
@@ -151,8 +167,7 @@ def test_engine_records_until_the_requested_stop(tmp_path):
     assert 0 <= op.actual_start - op.start < 0.1
     names = sorted(os.listdir(tmp_path / "data" / op.tag))
     assert names == [f"{op.tag}_{i:05d}.h5" for i in range(4)]
-    n = [h5py.File(tmp_path / "data" / op.tag / name).attrs["n_integrations"]
-         for name in names]
+    n = [h5py.File(tmp_path / "data" / op.tag / name).attrs["n_integrations"] for name in names]
     assert n == [3, 3, 3, 1]
     assert db.count("drv_fast") == 4
     status = e.status()
@@ -239,8 +254,8 @@ def test_engine_write_error_shows_in_monitoring(tmp_path):
         assert status["summary"] == "error" and "moving" in status["info"]
         assert "moving" in status["last_error"]
         wait_for(lambda: e.files_written >= index + 1, 5, "later files")
-        assert e.status()["summary"] == "normal"      # the next file was written
-        assert "moving" in e.status()["last_error"]   # but it is not forgotten
+        assert e.status()["summary"] == "normal"  # the next file was written
+        assert "moving" in e.status()["last_error"]  # but it is not forgotten
         assert e.status()["write_errors"] == 1
     finally:
         e.shutdown()

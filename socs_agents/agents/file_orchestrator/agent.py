@@ -5,6 +5,7 @@ README's) from the agent's reactor, watches volumes for closed HDF5 files, hands
 records and time slices to Dispatchers against credits from the Data Filter, leases what it
 hands out, and keeps all of it in SQLite so that a restart loses nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,21 +13,30 @@ import os
 import socket
 import threading
 import time
-from typing import Optional
 
 from ocs import ocs_agent, site_config
 from twisted.internet import reactor, task, threads
 
 from ...argtypes import str2bool
 from .discovery import Discovery
-from .http_api import (DEFAULT_TEMP_SUFFIXES, BadRequest, OrchestratorAPI,
-                       OrchestratorResource, OrchestratorSite, complete_args, new_file_args,
-                       read_next_args, remove_file_args)
+from .http_api import (
+    DEFAULT_TEMP_SUFFIXES,
+    BadRequest,
+    OrchestratorAPI,
+    OrchestratorResource,
+    OrchestratorSite,
+    complete_args,
+    new_file_args,
+    read_next_args,
+    remove_file_args,
+)
 from .layout import FileLayout
 from .options import env_debug, remote_path_for
 from .state import RECORD_TYPES, TRIGGER_RECORD, FileInfo, State
 
 COUNTS_FEED = "orchestrator_counts"
+
+
 class FileOrchestrator:
     """The orchestrator: HTTP API, volume watcher and the state machine behind both.
 
@@ -45,50 +55,68 @@ class FileOrchestrator:
         self.temp_suffixes = tuple(args.temp_suffix or DEFAULT_TEMP_SUFFIXES)
         self.debug = args.debug if args.debug is not None else env_debug()
         t0 = time.perf_counter()
-        self.state = State(args.state_db, lease_timeout=args.lease_timeout,
-                           lease_timeslices=args.lease_timeslices,
-                           on_file_done=self._file_done)
+        self.state = State(
+            args.state_db,
+            lease_timeout=args.lease_timeout,
+            lease_timeslices=args.lease_timeslices,
+            on_file_done=self._file_done,
+        )
         c = self.state.counts()
-        self.log.info("state {db} loaded in {ms:.0f} ms: {files} files, {p} pending, "
-                      "{a} active, {d} done", db=self.state.db_path,
-                      ms=(time.perf_counter() - t0) * 1e3, files=c["files"], p=c["pending"],
-                      a=c["active"], d=c["done"])
-        self.api = OrchestratorAPI(self.state, self._stats_now,
-                                   temp_suffixes=self.temp_suffixes)
+        self.log.info(
+            "state {db} loaded in {ms:.0f} ms: {files} files, {p} pending, {a} active, {d} done",
+            db=self.state.db_path,
+            ms=(time.perf_counter() - t0) * 1e3,
+            files=c["files"],
+            p=c["pending"],
+            a=c["active"],
+            d=c["done"],
+        )
+        self.api = OrchestratorAPI(self.state, self._stats_now, temp_suffixes=self.temp_suffixes)
         self.http_port = None
         self.http: dict = {}
         self.suprsync = None
         self._registering: set[int] = set()
-        self.discovery: Optional[Discovery] = None
+        self.discovery: Discovery | None = None
         self._watch_stop = threading.Event()
         self._stopped = False
-        self.agent.register_feed(COUNTS_FEED, record=True, agg_params={"frame_length": 60},
-                                 buffer_time=1)
+        self.agent.register_feed(
+            COUNTS_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=1
+        )
         self._loops = []
 
     # ---- reactor side --------------------------------------------------------------------
 
     def listen(self) -> None:
-        resource = OrchestratorResource(self.api, log_request=self._log_request,
-                                        on_error=self._http_error)
-        self.http_port = reactor.listenTCP(self.args.http_port, OrchestratorSite(resource),
-                                           interface=self.args.http_interface)
-        self.http = {"interface": self.args.http_interface,
-                     "port": self.http_port.getHost().port}
-        self.log.info("HTTP API on {i}:{p}{dbg}", i=self.http["interface"], p=self.http["port"],
-                      dbg=" (debug: every request logged)" if self.debug else "")
+        resource = OrchestratorResource(
+            self.api, log_request=self._log_request, on_error=self._http_error
+        )
+        self.http_port = reactor.listenTCP(
+            self.args.http_port, OrchestratorSite(resource), interface=self.args.http_interface
+        )
+        self.http = {"interface": self.args.http_interface, "port": self.http_port.getHost().port}
+        self.log.info(
+            "HTTP API on {i}:{p}{dbg}",
+            i=self.http["interface"],
+            p=self.http["port"],
+            dbg=" (debug: every request logged)" if self.debug else "",
+        )
 
     def start_loops(self) -> None:
         """Lease expiry, checkpoints, feed and SupRsync retries, all on the reactor."""
         period = max(0.05, min(1.0, self.args.lease_timeout / 4))
-        for fn, every, now in ((self._expire, period, True),
-                               (self._checkpoint, 10.0, False),
-                               (self._publish_counts, self.args.feed_interval, True),
-                               (self._register_done_files, 30.0, True)):
+        for fn, every, now in (
+            (self._expire, period, True),
+            (self._checkpoint, 10.0, False),
+            (self._publish_counts, self.args.feed_interval, True),
+            (self._register_done_files, 30.0, True),
+        ):
             loop = task.LoopingCall(self._guarded, fn)
             d = loop.start(every, now=now)
-            d.addErrback(lambda f, name=fn.__name__: self.log.error(
-                "{name} loop failed: {f}", name=name, f=f))
+            d.addErrback(
+                lambda f, name=fn.__name__: self.log.error(
+                    "{name} loop failed: {f}", name=name, f=f
+                )
+            )
             self._loops.append(loop)
 
     def _guarded(self, fn) -> None:
@@ -96,8 +124,7 @@ class FileOrchestrator:
         try:
             fn()
         except Exception as e:
-            self.log.error("{name} failed: {t}: {e}", name=fn.__name__, t=type(e).__name__,
-                           e=e)
+            self.log.error("{name} failed: {t}: {e}", name=fn.__name__, t=type(e).__name__, e=e)
 
     def _expire(self) -> None:
         n = self.state.expire_leases()
@@ -110,14 +137,17 @@ class FileOrchestrator:
 
     def _publish_counts(self) -> None:
         data = self.state.counts()
-        self.agent.publish_to_feed(COUNTS_FEED, {"block_name": "counts",
-                                                 "timestamp": time.time(), "data": data},
-                                   from_reactor=True)
+        self.agent.publish_to_feed(
+            COUNTS_FEED,
+            {"block_name": "counts", "timestamp": time.time(), "data": data},
+            from_reactor=True,
+        )
 
     def _log_request(self, method: str, path: str, status: int, seconds: float) -> None:
         if self.debug:
-            self.log.info("{m} {p} -> {s} ({ms:.2f} ms)", m=method, p=path, s=status,
-                          ms=seconds * 1e3)
+            self.log.info(
+                "{m} {p} -> {s} ({ms:.2f} ms)", m=method, p=path, s=status, ms=seconds * 1e3
+            )
 
     def _http_error(self, path: str, err: BaseException) -> None:
         self.log.error("HTTP {p} failed: {t}: {e}", p=path, t=type(err).__name__, e=err)
@@ -128,32 +158,53 @@ class FileOrchestrator:
         # Only files under the volumes: a file of this host announced by POST /new-file
         # elsewhere must not be withdrawn because a scan does not find it.
         roots = tuple(v.rstrip("/") + "/" for v in self.volumes)
-        known = [f.path for f in self.state.files.values()
-                 if f.host == self.host_name and not f.removed and f.path.startswith(roots)]
-        return Discovery(self.volumes, self.patterns,
-                         added=lambda p, lay: reactor.callFromThread(self._file_found, p, lay),
-                         removed=lambda p: reactor.callFromThread(self._file_gone, p),
-                         report=lambda level, text: getattr(self.log, level)("{t}", t=text),
-                         known=known, temp_suffixes=self.temp_suffixes,
-                         retry_timeout=self.args.read_retry_timeout,
-                         rescan_interval=self.args.rescan_interval)
+        known = [
+            f.path
+            for f in self.state.files.values()
+            if f.host == self.host_name and not f.removed and f.path.startswith(roots)
+        ]
+        return Discovery(
+            self.volumes,
+            self.patterns,
+            added=lambda p, lay: reactor.callFromThread(self._file_found, p, lay),
+            removed=lambda p: reactor.callFromThread(self._file_gone, p),
+            report=lambda level, text: getattr(self.log, level)("{t}", t=text),
+            known=known,
+            temp_suffixes=self.temp_suffixes,
+            retry_timeout=self.args.read_retry_timeout,
+            rescan_interval=self.args.rescan_interval,
+        )
 
     def _file_found(self, path: str, layout: FileLayout) -> None:
         try:
             for record_type, ids in layout.records.items():
-                out = self.state.add_file(self.host_name, path, layout.run_number,
-                                          record_type, ids, created=layout.created)
+                out = self.state.add_file(
+                    self.host_name,
+                    path,
+                    layout.run_number,
+                    record_type,
+                    ids,
+                    created=layout.created,
+                )
                 if self.debug or out.body["added"]:
-                    self.log.info("{path}: run {run}, {n} {t}(s) added", path=path,
-                                  run=layout.run_number, n=out.body["added"], t=record_type)
+                    self.log.info(
+                        "{path}: run {run}, {n} {t}(s) added",
+                        path=path,
+                        run=layout.run_number,
+                        n=out.body["added"],
+                        t=record_type,
+                    )
         except Exception as e:
             self.log.error("could not add {path}: {e}", path=path, e=e)
 
     def _file_gone(self, path: str) -> None:
         try:
             out = self.state.remove_file(self.host_name, path)
-            self.log.info("{path} deleted: {n} pending record(s) withdrawn", path=path,
-                          n=out.body["withdrawn"])
+            self.log.info(
+                "{path} deleted: {n} pending record(s) withdrawn",
+                path=path,
+                n=out.body["withdrawn"],
+            )
         except Exception as e:
             self.log.error("could not remove {path}: {e}", path=path, e=e)
 
@@ -177,22 +228,30 @@ class FileOrchestrator:
 
         def work():
             from ...db import SupRsyncDB, make_entry
+
             if self.suprsync is None:
                 self.suprsync = SupRsyncDB(self.args.suprsync_db)
-            entry = make_entry(path, remote_path_for(path, self.volumes), archive,
-                               known_archives=None)
+            entry = make_entry(
+                path, remote_path_for(path, self.volumes), archive, known_archives=None
+            )
             return self.suprsync.add_files([entry])
 
         def done(result):
             self._registering.discard(info.id)
             self.state.mark_registered(info.id)
-            self.log.info("{p}: every record done; registered in SupRsync archive {a}{dup}",
-                          p=path, a=archive, dup=" (already there)" if result.duplicates else "")
+            self.log.info(
+                "{p}: every record done; registered in SupRsync archive {a}{dup}",
+                p=path,
+                a=archive,
+                dup=" (already there)" if result.duplicates else "",
+            )
 
         def failed(f):
             self._registering.discard(info.id)
-            self.log.warn("{p}: SupRsync registration failed (retried later): {e}", p=path,
-                          e=f.value)
+            self.log.warn(
+                "{p}: SupRsync registration failed (retried later): {e}", p=path, e=f.value
+            )
+
         threads.deferToThread(work).addCallbacks(done, failed)
 
     # ---- operations ----------------------------------------------------------------------
@@ -307,8 +366,7 @@ class FileOrchestrator:
                  'trigger_number': 2, 'sequence_number': 0, 'type': 'TriggerRecord'}
         """
         args = read_next_args(dict(params, host=params["host"] or self.host_name))
-        out = self._call(self.state.read_next, args["host"], params["record_type"],
-                         args["file"])
+        out = self._call(self.state.read_next, args["host"], params["record_type"], args["file"])
         return self._answer(session, out.status, out.body, "read_next")
 
     @ocs_agent.param("run_number", type=int)
@@ -336,8 +394,7 @@ class FileOrchestrator:
                 >>> response.session['data']
                 {'status': 200, 'file': '/data/run1.hdf5'}
         """
-        body = {k: params[k] for k in ("run_number", "trigger_number", "sequence_number",
-                                       "file")}
+        body = {k: params[k] for k in ("run_number", "trigger_number", "sequence_number", "file")}
         body["type"] = params["record_type"]
         try:
             args = complete_args(body)
@@ -379,17 +436,25 @@ class FileOrchestrator:
             if n:
                 out["files"] = self.state.file_table(n)
             return out
+
         session.data = self._call(collect)
         return True, "stats: done"
 
     def _stats_now(self) -> dict:
-        out = {"timestamp": time.time(), "host": self.host_name,
-               "counts": self.state.counts(), "http": dict(self.http),
-               "volumes": list(self.volumes), "lease_timeout": self.state.lease_timeout}
+        out = {
+            "timestamp": time.time(),
+            "host": self.host_name,
+            "counts": self.state.counts(),
+            "http": dict(self.http),
+            "volumes": list(self.volumes),
+            "lease_timeout": self.state.lease_timeout,
+        }
         if self.discovery is not None:
-            out["discovery"] = {"watching": self.discovery.running,
-                                "queued": self.discovery.pending(),
-                                **dict(self.discovery.counters)}
+            out["discovery"] = {
+                "watching": self.discovery.running,
+                "queued": self.discovery.pending(),
+                **dict(self.discovery.counters),
+            }
         return out
 
     @ocs_agent.param("rescan", default=False, type=bool)
@@ -415,8 +480,12 @@ class FileOrchestrator:
                 self.discovery.rescan(forget=True)
             else:
                 self.discovery.mark_all_known()
-        self.log.warn("state reset: {f} files, {p} pending and {a} active records forgotten",
-                      f=before["files"], p=before["pending"], a=before["active"])
+        self.log.warn(
+            "state reset: {f} files, {p} pending and {a} active records forgotten",
+            f=before["files"],
+            p=before["pending"],
+            a=before["active"],
+        )
         session.data = {"before": before, "rescan": params["rescan"]}
         return True, "reset: done"
 
@@ -454,8 +523,7 @@ class FileOrchestrator:
         try:
             while True:
                 session.data = self._call(self._stats_now)
-                if params["test_mode"] and discovery.counters["scans"] and \
-                        not discovery.pending():
+                if params["test_mode"] and discovery.counters["scans"] and not discovery.pending():
                     break
                 if self._watch_stop.wait(period):
                     break
@@ -488,6 +556,7 @@ class FileOrchestrator:
             if self.suprsync is not None:
                 self.suprsync.close()
             self.log.info("stopped; state in {db}", db=self.state.db_path)
+
         if d is not None:
             d.addBoth(close)
             return d
@@ -495,65 +564,117 @@ class FileOrchestrator:
         return None
 
 
-def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     if parser is None:
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
-    pgroup.add_argument("--volume", action="append", metavar="DIR",
-                        help="A folder to watch (recursively) for closed HDF5 files. "
-                        "Repeatable. Without one, files come only through POST /new-file.")
-    pgroup.add_argument("--pattern", default="*.hdf5",
-                        help="Shell pattern(s) of the file names to take, comma-separated.")
-    pgroup.add_argument("--temp-suffix", action="append", metavar="SUFFIX",
-                        help="Suffix of files still being written (ignored until renamed). "
-                        "Repeatable. Default: .writing")
-    pgroup.add_argument("--host-name", default=None,
-                        help="This host's name as Dispatchers send it in read-next requests; "
-                        "files found on the volumes belong to it. Default: the host name.")
-    pgroup.add_argument("--http-interface", default="0.0.0.0",
-                        help="Interface address for the HTTP API.")
-    pgroup.add_argument("--http-port", type=int, default=6000,
-                        help="Port of the HTTP API (the reference's is 6000).")
-    pgroup.add_argument("--state-db", default="/data/orchestrator/state.db",
-                        help="SQLite file holding files, records, leases and credits.")
-    pgroup.add_argument("--lease-timeout", type=float, default=300.0,
-                        help="Seconds a handed-out record may stay uncompleted before it is "
-                        "pending again (a crashed filter's record is handed out again).")
-    pgroup.add_argument("--lease-timeslices", type=str2bool, default=False,
-                        help="Lease time slices like trigger records. Default false: a time "
-                        "slice is done when handed out, since nothing completes time slices.")
-    pgroup.add_argument("--suprsync-db", default=None,
-                        help="SupRsync database: a file whose records are all done is "
-                        "registered there (local files only). Default: none.")
-    pgroup.add_argument("--archive-name", default="dune",
-                        help="SupRsync archive of the registered files.")
-    pgroup.add_argument("--rescan-interval", type=float, default=60.0,
-                        help="Seconds between scans of the volumes for files whose events "
-                        "were missed (0: only at start).")
-    pgroup.add_argument("--read-retry-timeout", type=float, default=10.0,
-                        help="Seconds to retry a file that cannot be opened yet (still "
-                        "locked by its writer).")
-    pgroup.add_argument("--feed-interval", type=float, default=10.0,
-                        help="Seconds between publications of the counts feed.")
-    pgroup.add_argument("--debug", type=str2bool, default=None,
-                        help="Log every HTTP request. Default: true when the environment "
-                        "variable ORCHESTRATOR_FLASK_DEBUG is a number greater than 0.")
-    pgroup.add_argument("--test-mode", action="store_true",
-                        help="Do not start the watch process at startup (for tests).")
+    pgroup.add_argument(
+        "--volume",
+        action="append",
+        metavar="DIR",
+        help="A folder to watch (recursively) for closed HDF5 files. "
+        "Repeatable. Without one, files come only through POST /new-file.",
+    )
+    pgroup.add_argument(
+        "--pattern",
+        default="*.hdf5",
+        help="Shell pattern(s) of the file names to take, comma-separated.",
+    )
+    pgroup.add_argument(
+        "--temp-suffix",
+        action="append",
+        metavar="SUFFIX",
+        help="Suffix of files still being written (ignored until renamed). "
+        "Repeatable. Default: .writing",
+    )
+    pgroup.add_argument(
+        "--host-name",
+        default=None,
+        help="This host's name as Dispatchers send it in read-next requests; "
+        "files found on the volumes belong to it. Default: the host name.",
+    )
+    pgroup.add_argument(
+        "--http-interface", default="0.0.0.0", help="Interface address for the HTTP API."
+    )
+    pgroup.add_argument(
+        "--http-port",
+        type=int,
+        default=6000,
+        help="Port of the HTTP API (the reference's is 6000).",
+    )
+    pgroup.add_argument(
+        "--state-db",
+        default="/data/orchestrator/state.db",
+        help="SQLite file holding files, records, leases and credits.",
+    )
+    pgroup.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=300.0,
+        help="Seconds a handed-out record may stay uncompleted before it is "
+        "pending again (a crashed filter's record is handed out again).",
+    )
+    pgroup.add_argument(
+        "--lease-timeslices",
+        type=str2bool,
+        default=False,
+        help="Lease time slices like trigger records. Default false: a time "
+        "slice is done when handed out, since nothing completes time slices.",
+    )
+    pgroup.add_argument(
+        "--suprsync-db",
+        default=None,
+        help="SupRsync database: a file whose records are all done is "
+        "registered there (local files only). Default: none.",
+    )
+    pgroup.add_argument(
+        "--archive-name", default="dune", help="SupRsync archive of the registered files."
+    )
+    pgroup.add_argument(
+        "--rescan-interval",
+        type=float,
+        default=60.0,
+        help="Seconds between scans of the volumes for files whose events "
+        "were missed (0: only at start).",
+    )
+    pgroup.add_argument(
+        "--read-retry-timeout",
+        type=float,
+        default=10.0,
+        help="Seconds to retry a file that cannot be opened yet (still locked by its writer).",
+    )
+    pgroup.add_argument(
+        "--feed-interval",
+        type=float,
+        default=10.0,
+        help="Seconds between publications of the counts feed.",
+    )
+    pgroup.add_argument(
+        "--debug",
+        type=str2bool,
+        default=None,
+        help="Log every HTTP request. Default: true when the environment "
+        "variable ORCHESTRATOR_FLASK_DEBUG is a number greater than 0.",
+    )
+    pgroup.add_argument(
+        "--test-mode",
+        action="store_true",
+        help="Do not start the watch process at startup (for tests).",
+    )
     return parser
 
 
-def main(args: Optional[list] = None) -> None:
+def main(args: list | None = None) -> None:
     parser = make_parser()
     args = site_config.parse_args(agent_class="FileOrchestrator", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)
     orch = FileOrchestrator(agent, args)
-    for name in ("new_file", "remove_file", "request_record", "read_next", "complete",
-                 "stats"):
+    for name in ("new_file", "remove_file", "request_record", "read_next", "complete", "stats"):
         agent.register_task(name, getattr(orch, name))
     agent.register_task("reset", orch.reset, min_privs=2)
-    agent.register_process("watch", orch.watch, orch._stop_watch,
-                           startup=bool(orch.volumes) and not args.test_mode)
+    agent.register_process(
+        "watch", orch.watch, orch._stop_watch, startup=bool(orch.volumes) and not args.test_mode
+    )
     orch.listen()
     orch.start_loops()
     reactor.addSystemEventTrigger("before", "shutdown", orch.shutdown)

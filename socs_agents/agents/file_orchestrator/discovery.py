@@ -12,6 +12,7 @@ events were lost) are added, known files that disappeared are removed.
 No Twisted here: results go to the ``added`` and ``removed`` callables, which the agent wraps
 in ``reactor.callFromThread``. Every callback is called from the worker thread.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -21,7 +22,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 from .layout import FileLayout, LayoutError, read_layout
 
@@ -43,11 +44,18 @@ class Discovery:
         rescan_interval: seconds between scans (0: only at start).
     """
 
-    def __init__(self, volumes: Iterable[str], patterns: Iterable[str],
-                 added: Callable[[str, FileLayout], None], removed: Callable[[str], None],
-                 report: Callable[[str, str], None] = lambda level, text: None,
-                 known: Iterable[str] = (), temp_suffixes: Iterable[str] = (".writing",),
-                 retry_timeout: float = 10.0, rescan_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        volumes: Iterable[str],
+        patterns: Iterable[str],
+        added: Callable[[str, FileLayout], None],
+        removed: Callable[[str], None],
+        report: Callable[[str, str], None] = lambda level, text: None,
+        known: Iterable[str] = (),
+        temp_suffixes: Iterable[str] = (".writing",),
+        retry_timeout: float = 10.0,
+        rescan_interval: float = 60.0,
+    ) -> None:
         self.volumes = [os.path.abspath(v) for v in volumes]
         self.patterns = list(patterns)
         self.added = added
@@ -61,7 +69,7 @@ class Discovery:
         self._queue: queue.Queue = queue.Queue()
         self._retry: list[tuple[float, float, int, str]] = []
         self._queued: set[str] = set()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._observer = None
         self.running = False
 
@@ -77,6 +85,7 @@ class Discovery:
 
     def start(self) -> None:
         from watchdog.observers import Observer
+
         for v in self.volumes:
             os.makedirs(v, exist_ok=True)
         self._observer = Observer()
@@ -85,8 +94,9 @@ class Discovery:
             self._observer.schedule(handler, v, recursive=True)
         self._observer.start()
         self.running = True
-        self._thread = threading.Thread(target=self._run, name="orchestrator-discovery",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="orchestrator-discovery", daemon=True
+        )
         self._thread.start()
         self._queue.put(("scan", None))
 
@@ -212,7 +222,7 @@ class Discovery:
                 return
             self.counters["retries"] += 1
             self._queued.add(path)
-            delay = min(0.01 * 2 ** attempt, 0.5)
+            delay = min(0.01 * 2**attempt, 0.5)
             heapq.heappush(self._retry, (time.monotonic() + delay, first, attempt + 1, path))
             return
         self._queued.discard(path)
@@ -220,7 +230,7 @@ class Discovery:
         self.counters["discovered"] += 1
         self.added(path, layout)
 
-    def _on_disk(self, folders: Optional[Iterable[str]] = None) -> set[str]:
+    def _on_disk(self, folders: Iterable[str] | None = None) -> set[str]:
         found = set()
         for volume in self.volumes if folders is None else folders:
             for folder, _, names in os.walk(volume):

@@ -5,12 +5,14 @@ Validation is plain functions (:func:`parse_body` and the ``check_*`` helpers) t
 rejected request changes nothing. Every answer is JSON; a 4xx never closes the connection
 (the real client keeps one socket and does not reconnect).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -28,6 +30,7 @@ class BadRequest(ValueError):
 
 
 # ---- validation (pure) -----------------------------------------------------------------
+
 
 def parse_body(raw: bytes, required: bool = True) -> dict:
     """The JSON object of a request body. An empty body is ``{}`` when not ``required``."""
@@ -50,8 +53,7 @@ def parse_body(raw: bytes, required: bool = True) -> dict:
     return body
 
 
-def check_str(body: dict, name: str, default: Optional[str] = None,
-              nonempty: bool = False) -> str:
+def check_str(body: dict, name: str, default: str | None = None, nonempty: bool = False) -> str:
     if name not in body:
         if default is None:
             raise BadRequest(f"missing field {name!r}")
@@ -81,11 +83,12 @@ def check_uint(body: dict, name: str) -> int:
     return value
 
 
-def check_type(body: dict, name: str, default: Optional[str] = None) -> str:
+def check_type(body: dict, name: str, default: str | None = None) -> str:
     value = check_str(body, name, default)
     if value not in RECORD_TYPES:
-        raise BadRequest(f"unknown record type {value!r} in field {name!r} (known: "
-                         f"{', '.join(RECORD_TYPES)})")
+        raise BadRequest(
+            f"unknown record type {value!r} in field {name!r} (known: {', '.join(RECORD_TYPES)})"
+        )
     return value
 
 
@@ -108,25 +111,34 @@ def check_record_ids(body: dict) -> list[tuple[int, int]]:
     for i, item in enumerate(ids):
         if _is_int(item):
             item = [item, 0]
-        if (not isinstance(item, list) or len(item) != 2
-                or not all(_is_int(v) and 0 <= v <= MAX_ID for v in item)):
-            raise BadRequest(f"record_ids[{i}] must be [record number, sequence number] "
-                             f"(non-negative integers), not {json.dumps(item)[:60]}")
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(_is_int(v) and 0 <= v <= MAX_ID for v in item)
+        ):
+            raise BadRequest(
+                f"record_ids[{i}] must be [record number, sequence number] "
+                f"(non-negative integers), not {json.dumps(item)[:60]}"
+            )
         out.append((item[0], item[1]))
     return out
 
 
 def new_file_args(body: dict, temp_suffixes=DEFAULT_TEMP_SUFFIXES) -> dict:
-    return {"host": check_str(body, "host", nonempty=True),
-            "path": check_path(body, temp_suffixes),
-            "run_number": check_uint(body, "run_number"),
-            "record_type": check_type(body, "record_type"),
-            "record_ids": check_record_ids(body)}
+    return {
+        "host": check_str(body, "host", nonempty=True),
+        "path": check_path(body, temp_suffixes),
+        "run_number": check_uint(body, "run_number"),
+        "record_type": check_type(body, "record_type"),
+        "record_ids": check_record_ids(body),
+    }
 
 
 def remove_file_args(body: dict) -> dict:
-    return {"host": check_str(body, "host", nonempty=True),
-            "path": check_str(body, "file", nonempty=True)}
+    return {
+        "host": check_str(body, "host", nonempty=True),
+        "path": check_str(body, "file", nonempty=True),
+    }
 
 
 def read_next_args(body: dict) -> dict:
@@ -134,14 +146,17 @@ def read_next_args(body: dict) -> dict:
 
 
 def complete_args(body: dict) -> dict:
-    return {"run_number": check_uint(body, "run_number"),
-            "trigger_number": check_uint(body, "trigger_number"),
-            "sequence_number": check_uint(body, "sequence_number"),
-            "record_type": check_type(body, "type", default=TRIGGER_RECORD),
-            "file": check_str(body, "file", default="")}
+    return {
+        "run_number": check_uint(body, "run_number"),
+        "trigger_number": check_uint(body, "trigger_number"),
+        "sequence_number": check_uint(body, "sequence_number"),
+        "record_type": check_type(body, "type", default=TRIGGER_RECORD),
+        "file": check_str(body, "file", default=""),
+    }
 
 
 # ---- twisted.web -----------------------------------------------------------------------
+
 
 class OrchestratorAPI:
     """Routes a (method, path, body) to the state; returns (status, answer dict).
@@ -155,9 +170,13 @@ class OrchestratorAPI:
         temp_suffixes: suffixes of unfinished files, refused in ``/new-file``.
     """
 
-    def __init__(self, state: State, stats: Callable[[], dict],
-                 on_change: Optional[Callable[[str], None]] = None,
-                 temp_suffixes=DEFAULT_TEMP_SUFFIXES) -> None:
+    def __init__(
+        self,
+        state: State,
+        stats: Callable[[], dict],
+        on_change: Callable[[str], None] | None = None,
+        temp_suffixes=DEFAULT_TEMP_SUFFIXES,
+    ) -> None:
         self.state = state
         self.stats = stats
         self.on_change = on_change
@@ -185,14 +204,12 @@ class OrchestratorAPI:
             path = path.rstrip("/")
         route = self.routes.get(path)
         if route is None:
-            return 404, {"error": f"no endpoint {path}",
-                         "endpoints": sorted(self.routes)}
+            return 404, {"error": f"no endpoint {path}", "endpoints": sorted(self.routes)}
         methods, handler = route
         if method == "HEAD":
             method = "GET"
         if method not in methods:
-            return 405, {"error": f"{method} not allowed on {path} (use "
-                         f"{' or '.join(methods)})"}
+            return 405, {"error": f"{method} not allowed on {path} (use {' or '.join(methods)})"}
         try:
             status, answer = handler(raw)
         except BadRequest as e:
@@ -204,8 +221,11 @@ class OrchestratorAPI:
         return status, answer
 
     def _index(self, raw: bytes) -> tuple[int, dict]:
-        return 200, {"service": "FileOrchestrator", "endpoints": sorted(self.routes),
-                     "stats": self.stats()}
+        return 200, {
+            "service": "FileOrchestrator",
+            "endpoints": sorted(self.routes),
+            "stats": self.stats(),
+        }
 
     def _new_file(self, raw: bytes) -> tuple[int, dict]:
         args = new_file_args(parse_body(raw), self.temp_suffixes)
@@ -235,9 +255,12 @@ class OrchestratorResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: OrchestratorAPI,
-                 log_request: Optional[Callable[[str, str, int, float], None]] = None,
-                 on_error: Optional[Callable[[str, BaseException], None]] = None) -> None:
+    def __init__(
+        self,
+        api: OrchestratorAPI,
+        log_request: Callable[[str, str, int, float], None] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         super().__init__()
         self.api = api
         self.log_request = log_request
@@ -280,6 +303,7 @@ class OrchestratorSite(Site):
                 proto.transport.setTcpNoDelay(True)
             except Exception:  # not TCP (tests on a fake transport)
                 pass
+
         proto.connectionMade = connection_made
         return proto
 

@@ -5,12 +5,12 @@ zero-padded to widths a site configures: the names are parsed with a pattern, no
 widths. The run number is the ``run_number`` file attribute (else ``run<digits>`` in the file
 name). Reading blocks: call from a worker thread.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .state import TIME_SLICE, TRIGGER_RECORD
 
@@ -31,7 +31,7 @@ class FileLayout:
     attrs: dict = field(default_factory=dict)
 
     @property
-    def created(self) -> Optional[float]:
+    def created(self) -> float | None:
         """The file's ``creation_timestamp`` attribute (ms) in seconds, if it has one."""
         value = self.attrs.get("creation_timestamp")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
@@ -43,7 +43,7 @@ class FileLayout:
         return sum(len(v) for v in self.records.values())
 
 
-def parse_group_name(name: str) -> Optional[tuple[str, int, int]]:
+def parse_group_name(name: str) -> tuple[str, int, int] | None:
     """``TriggerRecord000012.0001`` -> ('TriggerRecord', 12, 1); ``TimeSlice07`` ->
     ('TimeSlice', 7, 0); anything else -> None."""
     m = RECORD_GROUP.match(name)
@@ -70,6 +70,7 @@ def read_layout(path: str) -> FileLayout:
         LayoutError: the file opens but holds no record groups or no run number.
     """
     import h5py
+
     with h5py.File(path, "r") as f:
         attrs = {k: _plain(v) for k, v in f.attrs.items()}
         records: dict[str, list[tuple[int, int]]] = {}

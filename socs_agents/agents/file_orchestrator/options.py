@@ -1,4 +1,5 @@
 """Small rules of the agent's options, with no OCS or Twisted imports (testable anywhere)."""
+
 from __future__ import annotations
 
 import os

@@ -19,14 +19,15 @@ written before any answer is returned. Done records stay in SQLite only.
 Not thread-safe: call every method from one thread (the agent's reactor thread), except
 :meth:`checkpoint`, which opens its own connection.
 """
+
 from __future__ import annotations
 
 import heapq
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 TRIGGER_RECORD = "TriggerRecord"
 TIME_SLICE = "TimeSlice"
@@ -36,7 +37,7 @@ PENDING, ACTIVE, DONE, WITHDRAWN = 0, 1, 2, 3
 STATE_NAMES = {PENDING: "pending", ACTIVE: "active", DONE: "done", WITHDRAWN: "withdrawn"}
 
 #: SQLite integers are signed 64-bit; the client sends uint64, so stay below 2**63.
-MAX_ID = 2 ** 63 - 1
+MAX_ID = 2**63 - 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -71,8 +72,16 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 #: Counters kept in SQLite with the state they describe.
-COUNTER_NAMES = ("credits_TriggerRecord", "credits_TimeSlice", "requests_TriggerRecord",
-                 "requests_TimeSlice", "reads", "completed", "leases_expired", "withdrawn")
+COUNTER_NAMES = (
+    "credits_TriggerRecord",
+    "credits_TimeSlice",
+    "requests_TriggerRecord",
+    "requests_TimeSlice",
+    "reads",
+    "completed",
+    "leases_expired",
+    "withdrawn",
+)
 
 
 class StateError(ValueError):
@@ -109,8 +118,8 @@ class Record:
     number: int
     seq: int
     state: int
-    lease_host: Optional[str]
-    lease_expires: Optional[float]
+    lease_host: str | None
+    lease_expires: float | None
 
     @property
     def key(self) -> tuple:
@@ -127,12 +136,16 @@ class Handout:
     sequence_number: int
     type: str
     record_id: int = field(default=0, compare=False)
-    lease_expires: Optional[float] = field(default=None, compare=False)
+    lease_expires: float | None = field(default=None, compare=False)
 
     def answer(self) -> dict:
-        return {"file": self.file, "run_number": self.run_number,
-                "trigger_number": self.trigger_number,
-                "sequence_number": self.sequence_number, "type": self.type}
+        return {
+            "file": self.file,
+            "run_number": self.run_number,
+            "trigger_number": self.trigger_number,
+            "sequence_number": self.sequence_number,
+            "type": self.type,
+        }
 
 
 @dataclass
@@ -155,17 +168,21 @@ class State:
         on_file_done: called with a :class:`FileInfo` when every record of a file is done.
     """
 
-    def __init__(self, db_path: str, lease_timeout: float = 300.0,
-                 lease_timeslices: bool = False, clock: Callable[[], float] = time.time,
-                 on_file_done: Optional[Callable[[FileInfo], None]] = None) -> None:
+    def __init__(
+        self,
+        db_path: str,
+        lease_timeout: float = 300.0,
+        lease_timeslices: bool = False,
+        clock: Callable[[], float] = time.time,
+        on_file_done: Callable[[FileInfo], None] | None = None,
+    ) -> None:
         self.db_path = os.path.abspath(db_path)
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         self.lease_timeout = float(lease_timeout)
         self.lease_timeslices = lease_timeslices
         self.clock = clock
         self.on_file_done = on_file_done
-        self.con = sqlite3.connect(self.db_path, isolation_level=None,
-                                   check_same_thread=False)
+        self.con = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
         self.con.execute("PRAGMA journal_mode=WAL")
         self.con.execute("PRAGMA synchronous=NORMAL")
         self.con.execute("PRAGMA busy_timeout=2000")
@@ -190,18 +207,23 @@ class State:
         #: (state, record type) -> number of open records, kept as records move
         self.n_open = {(st, t): 0 for st in (PENDING, ACTIVE) for t in RECORD_TYPES}
         self.counters.update(dict(self.con.execute("SELECT name, value FROM counters")))
-        for row in self.con.execute("SELECT id, host, path, run_number, record_type, added, "
-                                    "created, removed, registered FROM files"):
+        for row in self.con.execute(
+            "SELECT id, host, path, run_number, record_type, added, "
+            "created, removed, registered FROM files"
+        ):
             info = FileInfo(*row[:7], removed=bool(row[7]), registered=bool(row[8]))
             self.files[info.id] = info
             self.file_ids[(info.host, info.path)] = info.id
-        for file_id, n in self.con.execute("SELECT file_id, count(*) FROM records "
-                                           "WHERE state = 2 GROUP BY file_id"):
+        for file_id, n in self.con.execute(
+            "SELECT file_id, count(*) FROM records WHERE state = 2 GROUP BY file_id"
+        ):
             self.files[file_id].done = n
         self.n_done = sum(f.done for f in self.files.values())
-        rows = self.con.execute("SELECT id, file_id, record_type, run_number, number, seq, "
-                                "state, lease_host, lease_expires FROM records "
-                                "WHERE state < 2 ORDER BY id").fetchall()
+        rows = self.con.execute(
+            "SELECT id, file_id, record_type, run_number, number, seq, "
+            "state, lease_host, lease_expires FROM records "
+            "WHERE state < 2 ORDER BY id"
+        ).fetchall()
         for row in rows:
             self._index(Record(*row))
 
@@ -217,8 +239,9 @@ class State:
 
     def _enqueue(self, rec: Record) -> None:
         info = self.files[rec.file_id]
-        heapq.heappush(self.queues.setdefault((info.host, rec.record_type), []),
-                       (info.created, rec.id))
+        heapq.heappush(
+            self.queues.setdefault((info.host, rec.record_type), []), (info.created, rec.id)
+        )
 
     def _set_state(self, rec: Record, state: int) -> None:
         self.n_open[(rec.state, rec.record_type)] -= 1
@@ -242,9 +265,15 @@ class State:
 
     # ---- files ---------------------------------------------------------------------------
 
-    def add_file(self, host: str, path: str, run_number: int, record_type: str,
-                 record_ids: Iterable[tuple[int, int]],
-                 created: Optional[float] = None) -> Outcome:
+    def add_file(
+        self,
+        host: str,
+        path: str,
+        run_number: int,
+        record_type: str,
+        record_ids: Iterable[tuple[int, int]],
+        created: float | None = None,
+    ) -> Outcome:
         """Register a file and its records (idempotent: known records are left alone).
 
         A file that was removed and is added again becomes current; its withdrawn records
@@ -263,40 +292,80 @@ class State:
         con.execute("BEGIN IMMEDIATE")
         try:
             if file_id is None:
-                cur = con.execute("INSERT INTO files (host, path, run_number, record_type, "
-                                  "added, created) VALUES (?, ?, ?, ?, ?, ?)",
-                                  (host, path, run_number, record_type, now,
-                                   now if created is None else created))
+                cur = con.execute(
+                    "INSERT INTO files (host, path, run_number, record_type, "
+                    "added, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (host, path, run_number, record_type, now, now if created is None else created),
+                )
                 file_id = cur.lastrowid
                 known = {}
             else:
-                con.execute("UPDATE files SET removed = 0, run_number = ? WHERE id = ?",
-                            (run_number, file_id))
-                known = {(n, s, t): (rid, st) for rid, n, s, t, st in con.execute(
-                    "SELECT id, number, seq, record_type, state FROM records "
-                    "WHERE file_id = ?", (file_id,))}
+                con.execute(
+                    "UPDATE files SET removed = 0, run_number = ? WHERE id = ?",
+                    (run_number, file_id),
+                )
+                known = {
+                    (n, s, t): (rid, st)
+                    for rid, n, s, t, st in con.execute(
+                        "SELECT id, number, seq, record_type, state FROM records WHERE file_id = ?",
+                        (file_id,),
+                    )
+                }
             for number, seq in ids:
                 have = known.get((number, seq, record_type))
                 if have is None:
                     cur = con.execute(
                         "INSERT INTO records (file_id, record_type, run_number, number, seq, "
                         "state) VALUES (?, ?, ?, ?, ?, 0)",
-                        (file_id, record_type, run_number, number, seq))
-                    new_records.append(Record(cur.lastrowid, file_id, record_type, run_number,
-                                              number, seq, PENDING, None, None))
+                        (file_id, record_type, run_number, number, seq),
+                    )
+                    new_records.append(
+                        Record(
+                            cur.lastrowid,
+                            file_id,
+                            record_type,
+                            run_number,
+                            number,
+                            seq,
+                            PENDING,
+                            None,
+                            None,
+                        )
+                    )
                 elif have[1] == WITHDRAWN:
-                    con.execute("UPDATE records SET state = 0, lease_host = NULL, "
-                                "lease_expires = NULL WHERE id = ?", (have[0],))
-                    revived.append(Record(have[0], file_id, record_type, run_number, number,
-                                          seq, PENDING, None, None))
+                    con.execute(
+                        "UPDATE records SET state = 0, lease_host = NULL, "
+                        "lease_expires = NULL WHERE id = ?",
+                        (have[0],),
+                    )
+                    revived.append(
+                        Record(
+                            have[0],
+                            file_id,
+                            record_type,
+                            run_number,
+                            number,
+                            seq,
+                            PENDING,
+                            None,
+                            None,
+                        )
+                    )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         info = self.files.get(file_id)
         if info is None:
-            info = FileInfo(file_id, host, path, run_number, record_type, now,
-                            now if created is None else created)
+            info = FileInfo(
+                file_id,
+                host,
+                path,
+                run_number,
+                record_type,
+                now,
+                now if created is None else created,
+            )
             self.files[file_id] = info
             self.file_ids[key] = file_id
         else:
@@ -304,24 +373,42 @@ class State:
             info.run_number = run_number
         for rec in new_records + revived:
             self._index(rec)
-        return Outcome(200, {"status": "ok", "host": host, "file": path,
-                             "added": len(new_records) + len(revived),
-                             "known": len(ids) - len(new_records) - len(revived)})
+        return Outcome(
+            200,
+            {
+                "status": "ok",
+                "host": host,
+                "file": path,
+                "added": len(new_records) + len(revived),
+                "known": len(ids) - len(new_records) - len(revived),
+            },
+        )
 
     def remove_file(self, host: str, path: str) -> Outcome:
         """Withdraw a file's pending records; active ones may still complete."""
         file_id = self.file_ids.get((host, path))
         if file_id is None or self.files[file_id].removed:
-            return Outcome(200, {"status": "ok", "host": host, "file": path, "withdrawn": 0,
-                                 "known": file_id is not None})
-        pending = [self.records[rid] for (rid,) in self.con.execute(
-            "SELECT id FROM records WHERE file_id = ? AND state = 0", (file_id,))]
+            return Outcome(
+                200,
+                {
+                    "status": "ok",
+                    "host": host,
+                    "file": path,
+                    "withdrawn": 0,
+                    "known": file_id is not None,
+                },
+            )
+        pending = [
+            self.records[rid]
+            for (rid,) in self.con.execute(
+                "SELECT id FROM records WHERE file_id = ? AND state = 0", (file_id,)
+            )
+        ]
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
             con.execute("UPDATE files SET removed = 1 WHERE id = ?", (file_id,))
-            con.execute("UPDATE records SET state = 3 WHERE file_id = ? AND state = 0",
-                        (file_id,))
+            con.execute("UPDATE records SET state = 3 WHERE file_id = ? AND state = 0", (file_id,))
             self._bump(("withdrawn", len(pending)))
             con.execute("COMMIT")
         except BaseException:
@@ -331,8 +418,10 @@ class State:
         self.files[file_id].removed = True
         for rec in pending:
             self._forget(rec, WITHDRAWN)
-        return Outcome(200, {"status": "ok", "host": host, "file": path,
-                             "withdrawn": len(pending), "known": True})
+        return Outcome(
+            200,
+            {"status": "ok", "host": host, "file": path, "withdrawn": len(pending), "known": True},
+        )
 
     def mark_registered(self, file_id: int) -> None:
         self.con.execute("UPDATE files SET registered = 1 WHERE id = ?", (file_id,))
@@ -341,16 +430,21 @@ class State:
 
     def files_to_register(self) -> list[FileInfo]:
         """Files whose records are all done, not removed, not yet registered."""
-        return [f for f in self.files.values()
-                if f.open == 0 and f.done > 0 and not f.removed and not f.registered]
+        return [
+            f
+            for f in self.files.values()
+            if f.open == 0 and f.done > 0 and not f.removed and not f.registered
+        ]
 
     # ---- credits and reads ---------------------------------------------------------------
 
     def _bump(self, *changes: tuple[str, int]) -> None:
         for name, delta in changes:
-            self.con.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                             (name, delta))
+            self.con.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (name, delta),
+            )
 
     def request(self, record_type: str, count: int = 1) -> Outcome:
         """The Data Filter is ready for ``count`` more records of a type: add credits."""
@@ -368,8 +462,7 @@ class State:
             raise
         self.counters[credit] += count
         self.counters[req] += count
-        return Outcome(200, {"status": "ok", "type": record_type,
-                             "credits": self.counters[credit]})
+        return Outcome(200, {"status": "ok", "type": record_type, "credits": self.counters[credit]})
 
     def read_next(self, host: str, record_type: str, file: str = "") -> Outcome:
         """Hand out the oldest pending record of a file on ``host``.
@@ -382,12 +475,18 @@ class State:
         self.expire_leases()
         credit = f"credits_{record_type}"
         if self.counters[credit] <= 0:
-            return Outcome(429, {"error": f"no {record_type} request from the Data Filter "
-                                 "is pending"})
+            return Outcome(
+                429, {"error": f"no {record_type} request from the Data Filter is pending"}
+            )
         rec = self._next_pending(host, record_type, file)
         if rec is None:
-            return Outcome(404, {"error": f"no {record_type} available for host {host!r}"
-                                 + (f" in file {file!r}" if file else "")})
+            return Outcome(
+                404,
+                {
+                    "error": f"no {record_type} available for host {host!r}"
+                    + (f" in file {file!r}" if file else "")
+                },
+            )
         info = self.files[rec.file_id]
         now = self.clock()
         lease = record_type == TRIGGER_RECORD or self.lease_timeslices
@@ -395,13 +494,18 @@ class State:
         con.execute("BEGIN IMMEDIATE")
         try:
             if lease:
-                con.execute("UPDATE records SET state = 1, lease_host = ?, lease_expires = ?, "
-                            "handed_out = handed_out + 1 WHERE id = ?",
-                            (host, now + self.lease_timeout, rec.id))
+                con.execute(
+                    "UPDATE records SET state = 1, lease_host = ?, lease_expires = ?, "
+                    "handed_out = handed_out + 1 WHERE id = ?",
+                    (host, now + self.lease_timeout, rec.id),
+                )
                 self._bump((credit, -1), ("reads", 1))
             else:
-                con.execute("UPDATE records SET state = 2, lease_host = ?, done_at = ?, "
-                            "handed_out = handed_out + 1 WHERE id = ?", (host, now, rec.id))
+                con.execute(
+                    "UPDATE records SET state = 2, lease_host = ?, done_at = ?, "
+                    "handed_out = handed_out + 1 WHERE id = ?",
+                    (host, now, rec.id),
+                )
                 self._bump((credit, -1), ("reads", 1), ("completed", 1))
             con.execute("COMMIT")
         except BaseException:
@@ -417,11 +521,18 @@ class State:
         else:
             self.counters["completed"] += 1
             self._finish(rec)
-        out = Handout(info.path, rec.run_number, rec.number, rec.seq, rec.record_type,
-                      rec.id, rec.lease_expires)
+        out = Handout(
+            info.path,
+            rec.run_number,
+            rec.number,
+            rec.seq,
+            rec.record_type,
+            rec.id,
+            rec.lease_expires,
+        )
         return Outcome(200, out.answer())
 
-    def _next_pending(self, host: str, record_type: str, file: str) -> Optional[Record]:
+    def _next_pending(self, host: str, record_type: str, file: str) -> Record | None:
         queue = self.queues.get((host, record_type))
         if not queue:
             return None
@@ -436,8 +547,12 @@ class State:
         best = None
         for item in queue:
             rec = self.records.get(item[1])
-            if (rec is not None and rec.state == PENDING
-                    and self.files[rec.file_id].path == file and (best is None or item < best)):
+            if (
+                rec is not None
+                and rec.state == PENDING
+                and self.files[rec.file_id].path == file
+                and (best is None or item < best)
+            ):
                 best = item
         if best is None:
             return None
@@ -456,8 +571,14 @@ class State:
 
     # ---- completion and leases -----------------------------------------------------------
 
-    def complete(self, run_number: int, trigger_number: int, sequence_number: int,
-                 record_type: str = TRIGGER_RECORD, file: str = "") -> Outcome:
+    def complete(
+        self,
+        run_number: int,
+        trigger_number: int,
+        sequence_number: int,
+        record_type: str = TRIGGER_RECORD,
+        file: str = "",
+    ) -> Outcome:
         """Mark a record done. 404 when no such record is known; 200 again when already done."""
         if record_type not in RECORD_TYPES:
             raise StateError(f"unknown record type {record_type!r}")
@@ -466,25 +587,31 @@ class State:
         if file:
             candidates = [r for r in candidates if self.files[r.file_id].path == file]
         if not candidates:
-            query = ("SELECT count(*) FROM records r JOIN files f ON f.id = r.file_id "
-                     "WHERE r.record_type = ? AND r.run_number = ? AND r.number = ? "
-                     "AND r.seq = ? AND r.state = 2")
+            query = (
+                "SELECT count(*) FROM records r JOIN files f ON f.id = r.file_id "
+                "WHERE r.record_type = ? AND r.run_number = ? AND r.number = ? "
+                "AND r.seq = ? AND r.state = 2"
+            )
             args: tuple = key
             if file:
                 query += " AND f.path = ?"
                 args = key + (file,)
             if self.con.execute(query, args).fetchone()[0]:
                 return Outcome(200, {"status": "ok", "already_done": True})
-            return Outcome(404, {"error": f"no {record_type} run {run_number} number "
-                                 f"{trigger_number}.{sequence_number} is known"})
+            return Outcome(
+                404,
+                {
+                    "error": f"no {record_type} run {run_number} number "
+                    f"{trigger_number}.{sequence_number} is known"
+                },
+            )
         # Prefer the record actually handed out, then the oldest.
         rec = min(candidates, key=lambda r: (r.state != ACTIVE, r.id))
         now = self.clock()
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
-            con.execute("UPDATE records SET state = 2, done_at = ? WHERE id = ?",
-                        (now, rec.id))
+            con.execute("UPDATE records SET state = 2, done_at = ? WHERE id = ?", (now, rec.id))
             self._bump(("completed", 1))
             con.execute("COMMIT")
         except BaseException:
@@ -494,7 +621,7 @@ class State:
         self._finish(rec)
         return Outcome(200, {"status": "ok", "file": self.files[rec.file_id].path})
 
-    def next_expiry(self) -> Optional[float]:
+    def next_expiry(self) -> float | None:
         while self.leases:
             expires, rid = self.leases[0]
             rec = self.records.get(rid)
@@ -521,10 +648,12 @@ class State:
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
-            con.executemany("UPDATE records SET state = 0, lease_host = NULL, "
-                            "lease_expires = NULL WHERE id = ?", [(r.id,) for r in back])
-            con.executemany("UPDATE records SET state = 3 WHERE id = ?",
-                            [(r.id,) for r in gone])
+            con.executemany(
+                "UPDATE records SET state = 0, lease_host = NULL, "
+                "lease_expires = NULL WHERE id = ?",
+                [(r.id,) for r in back],
+            )
+            con.executemany("UPDATE records SET state = 3 WHERE id = ?", [(r.id,) for r in gone])
             self._bump(("leases_expired", len(expired)), ("withdrawn", len(gone)))
             con.execute("COMMIT")
         except BaseException:
@@ -555,20 +684,36 @@ class State:
             "pending": sum(pending.values()),
             "active": sum(active.values()),
             "done": self.n_done,
-            "pending_tr": pending[TRIGGER_RECORD], "pending_ts": pending[TIME_SLICE],
-            "active_tr": active[TRIGGER_RECORD], "active_ts": active[TIME_SLICE],
-            "credits_tr": c["credits_TriggerRecord"], "credits_ts": c["credits_TimeSlice"],
-            "requests_tr": c["requests_TriggerRecord"], "requests_ts": c["requests_TimeSlice"],
-            "reads": c["reads"], "completed": c["completed"],
-            "leases_expired": c["leases_expired"], "withdrawn": c["withdrawn"],
+            "pending_tr": pending[TRIGGER_RECORD],
+            "pending_ts": pending[TIME_SLICE],
+            "active_tr": active[TRIGGER_RECORD],
+            "active_ts": active[TIME_SLICE],
+            "credits_tr": c["credits_TriggerRecord"],
+            "credits_ts": c["credits_TimeSlice"],
+            "requests_tr": c["requests_TriggerRecord"],
+            "requests_ts": c["requests_TimeSlice"],
+            "reads": c["reads"],
+            "completed": c["completed"],
+            "leases_expired": c["leases_expired"],
+            "withdrawn": c["withdrawn"],
         }
 
     def file_table(self, limit: int = 100) -> list[dict]:
         """The newest ``limit`` files with their open and done counts."""
         newest = sorted(self.files.values(), key=lambda f: f.id, reverse=True)[:limit]
-        return [{"host": f.host, "file": f.path, "run_number": f.run_number,
-                 "record_type": f.record_type, "open": f.open, "done": f.done,
-                 "removed": f.removed, "registered": f.registered} for f in newest]
+        return [
+            {
+                "host": f.host,
+                "file": f.path,
+                "run_number": f.run_number,
+                "record_type": f.record_type,
+                "open": f.open,
+                "done": f.done,
+                "removed": f.removed,
+                "registered": f.registered,
+            }
+            for f in newest
+        ]
 
     def reset(self) -> dict:
         """Forget every file, record, credit and counter. Returns the counts before."""

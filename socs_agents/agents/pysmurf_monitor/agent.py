@@ -4,6 +4,7 @@ Listens on UDP for the pysmurf publisher and the smurf-streamer, registers every
 file in the SupRsync database (within milliseconds, batched, idempotent, journaled), forwards
 session data to ``pysmurf_session_data`` and streamer metadata to ``<stream_id>_meta``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Optional
 
 from ocs import ocs_agent, ocs_feed, site_config
 from twisted.internet import reactor, threads, udp
@@ -20,8 +20,15 @@ from twisted.internet.protocol import DatagramProtocol
 from ...argtypes import str2bool
 from ...db.suprsync import SupRsyncDB
 from .journal import Journal, default_journal_dir
-from .messages import (REJECT_REASONS, FileAnnouncement, Ignored, MetadataMessage, Rejected,
-                       SessionMessage, parse_datagram)
+from .messages import (
+    REJECT_REASONS,
+    FileAnnouncement,
+    Ignored,
+    MetadataMessage,
+    Rejected,
+    SessionMessage,
+    parse_datagram,
+)
 from .registrar import Registrar, RegistrarConfig
 from .rules import DEFAULT_RULES, parse_archive_rule
 
@@ -35,7 +42,7 @@ BUSY_REST_SECONDS = 0.004
 BUSY_DATAGRAMS = 8
 
 
-def kernel_udp_rcvbuf_errors() -> Optional[int]:
+def kernel_udp_rcvbuf_errors() -> int | None:
     """System-wide UDP datagrams the kernel dropped for full receive buffers."""
     try:
         with open("/proc/net/snmp") as f:
@@ -55,9 +62,17 @@ class RestingUDPPort(udp.Port):
     meanwhile. At 10,000 datagrams a second this halves the CPU the reactor spends.
     """
 
-    def __init__(self, port: int, proto: DatagramProtocol, interface: str = "",
-                 maxPacketSize: int = 65536, reactor=None, rest: float = 0.001,
-                 busy_rest: Optional[float] = None, busy: int = BUSY_DATAGRAMS) -> None:
+    def __init__(
+        self,
+        port: int,
+        proto: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 65536,
+        reactor=None,
+        rest: float = 0.001,
+        busy_rest: float | None = None,
+        busy: int = BUSY_DATAGRAMS,
+    ) -> None:
         super().__init__(port, proto, interface, maxPacketSize, reactor)
         self.rest = rest
         self.busy_rest = rest if busy_rest is None else busy_rest
@@ -105,10 +120,13 @@ class PysmurfMonitor(DatagramProtocol):
         rules.update(parse_archive_rule(spec) for spec in args.archive or [])
         journal = None
         if args.journal_dir != "none":
-            journal = Journal(args.journal_dir or default_journal_dir(
-                args.db_path, getattr(args, "instance_id", None)))
-        config = RegistrarConfig(big_workers=args.big_file_threads,
-                                 missing_file_timeout=args.missing_file_timeout)
+            journal = Journal(
+                args.journal_dir
+                or default_journal_dir(args.db_path, getattr(args, "instance_id", None))
+            )
+        config = RegistrarConfig(
+            big_workers=args.big_file_threads, missing_file_timeout=args.missing_file_timeout
+        )
         self.registrar = Registrar(self.db, journal, rules, config, report=self._report)
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -123,15 +141,23 @@ class PysmurfMonitor(DatagramProtocol):
         self._stopped = False
 
         self.agent.register_feed("pysmurf_session_data")
-        self.agent.register_feed(STATS_FEED, record=True, agg_params={"frame_length": 60},
-                                 buffer_time=1)
+        self.agent.register_feed(
+            STATS_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=1
+        )
 
     # ---- UDP (reactor thread) ------------------------------------------------------------
 
     def listen(self, port: int, host: str = "", rcvbuf: int = 64 << 20) -> None:
         # Twisted reads 8,192 bytes per datagram by default; the publisher sends up to 64,000.
-        self.port = RestingUDPPort(port, self, host, maxPacketSize=65536, reactor=reactor,
-                                   rest=REST_SECONDS, busy_rest=BUSY_REST_SECONDS)
+        self.port = RestingUDPPort(
+            port,
+            self,
+            host,
+            maxPacketSize=65536,
+            reactor=reactor,
+            rest=REST_SECONDS,
+            busy_rest=BUSY_REST_SECONDS,
+        )
         self.port.startListening()
         sock = self.port.socket
         how = "SO_RCVBUFFORCE"
@@ -141,11 +167,22 @@ class PysmurfMonitor(DatagramProtocol):
             how = "SO_RCVBUF (raise net.core.rmem_max for more)"
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self.udp = {"host": host or "0.0.0.0", "port": self.port.getHost().port,
-                    "rcvbuf_requested": rcvbuf, "rcvbuf_granted": granted, "rcvbuf_via": how}
-        self.log.info("listening on UDP {host}:{port}; receive buffer {granted} bytes granted "
-                      "({requested} requested, via {how})", host=self.udp["host"],
-                      port=self.udp["port"], granted=granted, requested=rcvbuf, how=how)
+        self.udp = {
+            "host": host or "0.0.0.0",
+            "port": self.port.getHost().port,
+            "rcvbuf_requested": rcvbuf,
+            "rcvbuf_granted": granted,
+            "rcvbuf_via": how,
+        }
+        self.log.info(
+            "listening on UDP {host}:{port}; receive buffer {granted} bytes granted "
+            "({requested} requested, via {how})",
+            host=self.udp["host"],
+            port=self.udp["port"],
+            granted=granted,
+            requested=rcvbuf,
+            how=how,
+        )
 
     def startProtocol(self) -> None:
         self.registrar.start()
@@ -199,10 +236,11 @@ class PysmurfMonitor(DatagramProtocol):
         try:
             if feed_name not in self.agent.feeds:
                 self.agent.register_feed(feed_name, record=True, buffer_time=1)
-            self.agent.publish_to_feed(feed_name, {"block_name": field,
-                                                   "timestamp": msg.timestamp,
-                                                   "data": {field: msg.value}},
-                                       from_reactor=True)
+            self.agent.publish_to_feed(
+                feed_name,
+                {"block_name": field, "timestamp": msg.timestamp, "data": {field: msg.value}},
+                from_reactor=True,
+            )
             self.counters["metadata"] += 1
         except Exception as e:  # e.g. a value ocs cannot record (list, dict)
             self._reject(Rejected("wrong_type", f"metadata {msg.path[:80]}: {e}"), addr)
@@ -215,9 +253,13 @@ class PysmurfMonitor(DatagramProtocol):
         if now - self._last_reject_log.get(reason, -1e9) >= 1.0:
             more = self._suppressed.pop(reason, 0)
             self._last_reject_log[reason] = now
-            self.log.warn("datagram from {addr} rejected ({reason}): {detail}{more}",
-                          addr=f"{addr[0]}:{addr[1]}", reason=reason, detail=rejected.detail,
-                          more=f" (+{more} more since last line)" if more else "")
+            self.log.warn(
+                "datagram from {addr} rejected ({reason}): {detail}{more}",
+                addr=f"{addr[0]}:{addr[1]}",
+                reason=reason,
+                detail=rejected.detail,
+                more=f" (+{more} more since last line)" if more else "",
+            )
         else:
             self._suppressed[reason] += 1
 
@@ -260,15 +302,15 @@ class PysmurfMonitor(DatagramProtocol):
     def _publish_stats(self, snap: dict) -> None:
         data = dict(snap["counters"])
         data.update({f"rejected_{k}": v for k, v in snap["rejected"].items()})
-        data.update(pending=snap["pending"], lag_s=snap["lag_s"],
-                    degraded=int(snap["degraded"]))
-        self.agent.publish_to_feed(STATS_FEED, {"block_name": "stats",
-                                                "timestamp": snap["timestamp"], "data": data})
+        data.update(pending=snap["pending"], lag_s=snap["lag_s"], degraded=int(snap["degraded"]))
+        self.agent.publish_to_feed(
+            STATS_FEED, {"block_name": "stats", "timestamp": snap["timestamp"], "data": data}
+        )
 
     # ---- operations ----------------------------------------------------------------------
 
     @ocs_agent.param("test_mode", default=False, type=bool)
-    def run(self, session: ocs_agent.OpSession, params: Optional[dict] = None):
+    def run(self, session: ocs_agent.OpSession, params: dict | None = None):
         """run(test_mode=False)
 
         **Process** - Report the monitor's counters while it registers files. Files are
@@ -318,11 +360,13 @@ class PysmurfMonitor(DatagramProtocol):
         session.data = self.snapshot()
         self._publish_stats(session.data)
         if not drained:
-            return False, (f"{session.data['pending']} file(s) not yet written (kept in the "
-                           f"journal): {session.data['last_error']}")
+            return False, (
+                f"{session.data['pending']} file(s) not yet written (kept in the "
+                f"journal): {session.data['last_error']}"
+            )
         return True, "Monitor exited cleanly."
 
-    def _stop(self, session: ocs_agent.OpSession, params: Optional[dict] = None):
+    def _stop(self, session: ocs_agent.OpSession, params: dict | None = None):
         self._run_stop.set()
         session.set_status("stopping")
         return True, "Stopping; files received so far are being written."
@@ -342,52 +386,94 @@ class PysmurfMonitor(DatagramProtocol):
 
         def done(drained):
             snap = self.snapshot()
-            self.log.info("stopped: {n} registered, {p} pending{kept}",
-                          n=snap["counters"]["registered"], p=snap["pending"],
-                          kept=" (kept in the journal)" if not drained else "")
+            self.log.info(
+                "stopped: {n} registered, {p} pending{kept}",
+                n=snap["counters"]["registered"],
+                p=snap["pending"],
+                kept=" (kept in the journal)" if not drained else "",
+            )
             self.db.close()
+
         d.addCallback(done)
         d.addErrback(lambda f: self.log.error("shutdown failed: {f}", f=f))
         return d
 
 
-def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     if parser is None:
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
-    pgroup.add_argument("--udp-port", type=int, default=8200,
-                        help="UDP port the pysmurf publisher sends to (SMURFPUB_UDP_PORT).")
-    pgroup.add_argument("--udp-host", default="",
-                        help="Interface address to bind; all interfaces by default.")
-    pgroup.add_argument("--udp-rcvbuf", type=int, default=64 << 20,
-                        help="Socket receive buffer to ask for, in bytes. Without root or "
-                        "CAP_NET_ADMIN the kernel grants at most twice net.core.rmem_max; "
-                        "the log and session.data say what was granted.")
-    pgroup.add_argument("--create-table", type=str2bool, default=True,
-                        help="Create the SupRsync tables if they do not exist.")
-    pgroup.add_argument("--db-path", type=str, default="/data/so/databases/suprsync.db",
-                        help="Path to the SupRsync sqlite database.")
-    pgroup.add_argument("--echo-sql", action="store_true",
-                        help="Log every SQL statement.")
-    pgroup.add_argument("--test-mode", action="store_true",
-                        help="Do not start the run process at startup (for tests).")
-    pgroup.add_argument("--archive", action="append", metavar="NAME=RULE",
-                        help="An additional archive and its remote-path rule: NAME=tail:N "
-                        "(last N path components) or NAME=relative:/base/dir. Repeatable.")
-    pgroup.add_argument("--journal-dir", default=None,
-                        help="Folder of the journal of received file announcements (kill -9 "
-                        "safety). Default: .<instance-id>.journal beside the database; "
-                        "'none' disables it.")
-    pgroup.add_argument("--missing-file-timeout", type=float, default=10.0,
-                        help="Seconds to keep retrying a file that does not exist yet.")
-    pgroup.add_argument("--big-file-threads", type=int, default=2,
-                        help="Threads computing md5 sums of files over 16 MiB.")
-    pgroup.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="Seconds a stop waits for pending files to be written.")
+    pgroup.add_argument(
+        "--udp-port",
+        type=int,
+        default=8200,
+        help="UDP port the pysmurf publisher sends to (SMURFPUB_UDP_PORT).",
+    )
+    pgroup.add_argument(
+        "--udp-host", default="", help="Interface address to bind; all interfaces by default."
+    )
+    pgroup.add_argument(
+        "--udp-rcvbuf",
+        type=int,
+        default=64 << 20,
+        help="Socket receive buffer to ask for, in bytes. Without root or "
+        "CAP_NET_ADMIN the kernel grants at most twice net.core.rmem_max; "
+        "the log and session.data say what was granted.",
+    )
+    pgroup.add_argument(
+        "--create-table",
+        type=str2bool,
+        default=True,
+        help="Create the SupRsync tables if they do not exist.",
+    )
+    pgroup.add_argument(
+        "--db-path",
+        type=str,
+        default="/data/so/databases/suprsync.db",
+        help="Path to the SupRsync sqlite database.",
+    )
+    pgroup.add_argument("--echo-sql", action="store_true", help="Log every SQL statement.")
+    pgroup.add_argument(
+        "--test-mode",
+        action="store_true",
+        help="Do not start the run process at startup (for tests).",
+    )
+    pgroup.add_argument(
+        "--archive",
+        action="append",
+        metavar="NAME=RULE",
+        help="An additional archive and its remote-path rule: NAME=tail:N "
+        "(last N path components) or NAME=relative:/base/dir. Repeatable.",
+    )
+    pgroup.add_argument(
+        "--journal-dir",
+        default=None,
+        help="Folder of the journal of received file announcements (kill -9 "
+        "safety). Default: .<instance-id>.journal beside the database; "
+        "'none' disables it.",
+    )
+    pgroup.add_argument(
+        "--missing-file-timeout",
+        type=float,
+        default=10.0,
+        help="Seconds to keep retrying a file that does not exist yet.",
+    )
+    pgroup.add_argument(
+        "--big-file-threads",
+        type=int,
+        default=2,
+        help="Threads computing md5 sums of files over 16 MiB.",
+    )
+    pgroup.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="Seconds a stop waits for pending files to be written.",
+    )
     return parser
 
 
-def main(args: Optional[list] = None) -> None:
+def main(args: list | None = None) -> None:
     parser = make_parser()
     args = site_config.parse_args(agent_class="PysmurfMonitor", parser=parser, args=args)
     for spec in args.archive or []:

@@ -6,12 +6,13 @@ Segments roll over at a size limit; a segment is deleted once every file in it w
 to the database or finally refused. On start, left-over segments are read back and the files
 announced again (the database ignores the ones it has already).
 """
+
 from __future__ import annotations
 
 import glob
 import os
 import threading
-from typing import Iterator, Mapping, Optional
+from collections.abc import Iterator, Mapping
 
 SEGMENT_BYTES = 4 << 20
 
@@ -136,7 +137,7 @@ class Journal:
                     self._remove(self._current)
 
 
-def default_journal_dir(db_path: str, instance_id: Optional[str] = None) -> str:
+def default_journal_dir(db_path: str, instance_id: str | None = None) -> str:
     """Beside the database, one folder per monitor instance."""
     name = f".{instance_id or 'pysmurf-monitor'}.journal"
     return os.path.join(os.path.dirname(os.path.abspath(db_path)), name)

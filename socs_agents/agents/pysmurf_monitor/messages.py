@@ -4,12 +4,13 @@ Every datagram becomes exactly one of: :class:`FileAnnouncement`, :class:`Sessio
 :class:`MetadataMessage`, :class:`Ignored` (types the publisher sends that carry no file), or
 :class:`Rejected` with a short reason code used for the agent's counters.
 """
+
 from __future__ import annotations
 
 import json
 import numbers
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 #: The pysmurf publisher drops anything larger itself.
 MAX_DATAGRAM_BYTES = 64_000
@@ -21,9 +22,22 @@ SESSION_TYPES = frozenset({"session_data", "session_log"})
 
 #: Every reason a datagram can be refused for; each has a counter.
 REJECT_REASONS = (
-    "oversize", "not_utf8", "bad_json", "not_object", "missing_field", "wrong_type",
-    "unknown_type", "missing_action", "bad_path", "relative_path", "dotdot_path",
-    "remote_escape", "bad_remote_path", "unknown_archive", "missing_file", "unreadable_file",
+    "oversize",
+    "not_utf8",
+    "bad_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "unknown_type",
+    "missing_action",
+    "bad_path",
+    "relative_path",
+    "dotdot_path",
+    "remote_escape",
+    "bad_remote_path",
+    "unknown_archive",
+    "missing_file",
+    "unreadable_file",
 )
 
 
@@ -61,7 +75,7 @@ class Rejected:
     detail: str
 
 
-Parsed = Union[FileAnnouncement, SessionMessage, MetadataMessage, Ignored, Rejected]
+Parsed = FileAnnouncement | SessionMessage | MetadataMessage | Ignored | Rejected
 
 
 def _is_number(v: Any) -> bool:
@@ -119,17 +133,16 @@ def _file_announcement(pub_id: str, msg_type: str, payload: Any, raw: bytes) -> 
         action, action_ts = payload.get("action"), payload.get("action_ts")
         if action is None or action == "" or action_ts is None or action_ts == "":
             absent = [k for k in ("action", "action_ts") if payload.get(k) in (None, "")]
-            return Rejected("missing_action", f"{payload['path'][:200]}: no "
-                            f"{' or '.join(absent)}")
+            return Rejected("missing_action", f"{payload['path'][:200]}: no {' or '.join(absent)}")
         if "timestamp" not in payload:
             return Rejected("missing_field", f"{payload['path'][:200]}: no timestamp")
         ts = payload["timestamp"]
         if not (_is_number(ts) or (isinstance(ts, str) and ts[:5].isdigit())):
             return Rejected("wrong_type", "payload.timestamp must be a ctime")
-        if not isinstance(action, str) or not (
-                isinstance(action_ts, str) or _is_number(action_ts)):
-            return Rejected("wrong_type", "payload.action must be a string and action_ts a "
-                            "string or number")
+        if not isinstance(action, str) or not (isinstance(action_ts, str) or _is_number(action_ts)):
+            return Rejected(
+                "wrong_type", "payload.action must be a string and action_ts a string or number"
+            )
     return FileAnnouncement(pub_id, msg_type, archive, payload, raw)
 
 
@@ -142,8 +155,10 @@ def _metadata(pub_id: str, data: dict, payload: Any) -> Parsed:
         return Rejected("wrong_type", "metadata path must be a non-empty string")
     ts = data.get("time")
     if not _is_number(ts):
-        return Rejected("wrong_type" if "time" in data else "missing_field",
-                        "metadata needs a numeric envelope time")
+        return Rejected(
+            "wrong_type" if "time" in data else "missing_field",
+            "metadata needs a numeric envelope time",
+        )
     # The streamer's publisher id is ``STREAMER:<stream_id>``.
     stream_id = pub_id.split(":")[1] if ":" in pub_id else pub_id
     return MetadataMessage(stream_id, payload["path"], payload["value"], float(ts))

@@ -20,6 +20,7 @@ Why one thread for small files: each thread that wants the GIL turns every sysca
 others into a thread switch. With the planner, the checksum and the writer in one thread the
 CPU per file is a third of what four threads handing work to each other cost.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -27,9 +28,10 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import NamedTuple
 
 from ...db.entries import BadFileEntry, md5_file, md5_small_file
 from ...db.suprsync import SupRsyncDB
@@ -90,9 +92,14 @@ class RegistrarConfig:
 
 
 class Registrar:
-    def __init__(self, db: SupRsyncDB, journal: Optional[Journal] = None,
-                 rules: Optional[dict[str, RemoteRule]] = None,
-                 config: Optional[RegistrarConfig] = None, report: Report = _no_report) -> None:
+    def __init__(
+        self,
+        db: SupRsyncDB,
+        journal: Journal | None = None,
+        rules: dict[str, RemoteRule] | None = None,
+        config: RegistrarConfig | None = None,
+        report: Report = _no_report,
+    ) -> None:
         self.db = db
         self.journal = journal
         self.rules = rules
@@ -123,13 +130,19 @@ class Registrar:
         for i in range(self.config.big_workers):
             self._spawn(f"md5-big-{i}", self._big_loop)
         if self.journal is not None:
-            replay = [p for p in map(parse_datagram, self.journal.leftover())
-                      if isinstance(p, FileAnnouncement)]
+            replay = [
+                p
+                for p in map(parse_datagram, self.journal.leftover())
+                if isinstance(p, FileAnnouncement)
+            ]
             if replay:
                 self.submit_many(replay)
                 self.counters["replayed"] += len(replay)
-                self.report("info", f"replaying {len(replay)} file announcement(s) left in "
-                            "the journal by the previous run")
+                self.report(
+                    "info",
+                    f"replaying {len(replay)} file announcement(s) left in "
+                    "the journal by the previous run",
+                )
 
     def _spawn(self, name: str, target) -> None:
         t = threading.Thread(target=target, name=f"pysmurf-{name}", daemon=True)
@@ -169,8 +182,11 @@ class Registrar:
         announcements = list(announcements)
         if not announcements:
             return
-        segment = (self.journal.append_many([a.raw for a in announcements])
-                   if self.journal is not None else None)
+        segment = (
+            self.journal.append_many([a.raw for a in announcements])
+            if self.journal is not None
+            else None
+        )
         n = len(announcements)
         now = time.monotonic()
         with self._submit_lock:  # numbers files in the order they were journaled
@@ -191,15 +207,17 @@ class Registrar:
         stopping = False
         while True:
             now = time.monotonic()
-            wake = min(write_after if ready else float("inf"),
-                       retries[0][0] if retries else float("inf"))
+            wake = min(
+                write_after if ready else float("inf"), retries[0][0] if retries else float("inf")
+            )
             got = []
             # Woken by each hand-over: the files are checksummed while the reactor rests
             # (two threads busy at once would pass the GIL back and forth at every syscall).
             if wake > now:
                 try:
-                    got.append(self._intake.get(
-                        timeout=None if wake == float("inf") else wake - now))
+                    got.append(
+                        self._intake.get(timeout=None if wake == float("inf") else wake - now)
+                    )
                 except queue.Empty:
                     pass
             try:
@@ -212,8 +230,9 @@ class Registrar:
                     stopping = True
                 elif isinstance(msg, _Arrival):
                     for seq, ann in enumerate(msg.announcements, msg.first_seq):
-                        self._prepare(_Waiting(seq, msg.first_seq, ann, msg.received_at, 0),
-                                      ready, retries)
+                        self._prepare(
+                            _Waiting(seq, msg.first_seq, ann, msg.received_at, 0), ready, retries
+                        )
                 else:  # a big file, checksummed by a worker
                     ready.append(msg)
             now = time.monotonic()
@@ -242,29 +261,41 @@ class Registrar:
                 self.counters["big_files"] += 1
                 self._big.put((file.seq, file.arrival, planned))
             else:
-                ready.append((file.seq, file.arrival, planned.local_path, md5,
-                              planned.archive_name, planned.remote_path, planned.deletable))
+                ready.append(
+                    (
+                        file.seq,
+                        file.arrival,
+                        planned.local_path,
+                        md5,
+                        planned.archive_name,
+                        planned.remote_path,
+                        planned.deletable,
+                    )
+                )
         except BadFileEntry as e:
             age = time.monotonic() - file.received_at
             if e.code == "missing_file" and age < self.config.missing_file_timeout:
                 self.counters["missing_file_retries"] += 1
                 attempts = file.attempts + 1
-                due = time.monotonic() + min(0.02 * 2 ** attempts, 1.0)
+                due = time.monotonic() + min(0.02 * 2**attempts, 1.0)
                 heapq.heappush(retries, (due, file.seq, file._replace(attempts=attempts)))
             else:
                 self._settle({file.arrival: 1}, rejected=e.code, detail=str(e))
         except Exception as e:  # a bug or an OS error must not kill the thread
-            self._settle({file.arrival: 1}, rejected="unreadable_file",
-                         detail=f"{type(e).__name__}: {e}")
+            self._settle(
+                {file.arrival: 1}, rejected="unreadable_file", detail=f"{type(e).__name__}: {e}"
+            )
 
     def _write(self, ready: list[ReadyFile]) -> bool:
         """Commit the oldest ``batch_max`` ready rows; False (rows kept) if the database
         refused."""
         ready.sort()
-        batch = ready[:self.config.batch_max]
+        batch = ready[: self.config.batch_max]
         stamp = time.time()  # when the row is added, as SupRsync's finalization expects
-        rows = [(local, md5, archive, remote, stamp, deletable)
-                for _, _, local, md5, archive, remote, deletable in batch]
+        rows = [
+            (local, md5, archive, remote, stamp, deletable)
+            for _, _, local, md5, archive, remote, deletable in batch
+        ]
         t0 = time.perf_counter()
         try:
             result = self.db.add_rows(rows)
@@ -272,13 +303,16 @@ class Registrar:
             self.counters["db_errors"] += 1
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
             if not self.degraded:
-                self.report("error", f"database write failed, keeping {len(ready)} file(s) "
-                            f"and retrying: {first_line}")
+                self.report(
+                    "error",
+                    f"database write failed, keeping {len(ready)} file(s) "
+                    f"and retrying: {first_line}",
+                )
             self.degraded = True
             self.last_error = f"database: {first_line[:200]}"
             return False
         self.last_commit_ms = (time.perf_counter() - t0) * 1e3
-        del ready[:len(batch)]
+        del ready[: len(batch)]
         if self.degraded:
             self.report("info", "database writable again; catching up")
         self.degraded = False
@@ -301,16 +335,27 @@ class Registrar:
                 md5 = md5_file(planned.local_path)
             except OSError as e:
                 code = "missing_file" if isinstance(e, FileNotFoundError) else "unreadable_file"
-                self._settle({arrival: 1}, rejected=code,
-                             detail=f"{planned.local_path!r}: {e.strerror or e}")
+                self._settle(
+                    {arrival: 1}, rejected=code, detail=f"{planned.local_path!r}: {e.strerror or e}"
+                )
                 continue
-            self._intake.put((seq, arrival, planned.local_path, md5, planned.archive_name,
-                              planned.remote_path, planned.deletable))
+            self._intake.put(
+                (
+                    seq,
+                    arrival,
+                    planned.local_path,
+                    md5,
+                    planned.archive_name,
+                    planned.remote_path,
+                    planned.deletable,
+                )
+            )
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
-    def _settle(self, settled: dict[int, int], rejected: Optional[str] = None,
-                detail: str = "") -> None:
+    def _settle(
+        self, settled: dict[int, int], rejected: str | None = None, detail: str = ""
+    ) -> None:
         """``settled``: arrival -> how many of its files were written or finally refused."""
         if rejected is not None:
             self.report("warn", f"file not registered ({rejected}): {detail[:300]}")

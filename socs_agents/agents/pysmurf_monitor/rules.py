@@ -3,11 +3,13 @@
 Plain functions: the rules of socs's PysmurfMonitor, with its substring test for
 "semi-permanent" files replaced by a test on whole path-component words.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ...db.entries import BadFileEntry, check_local_path, check_remote_path
 
@@ -20,7 +22,9 @@ KEEP_WORDS = (("iv",), ("tune",), ("channel", "assignment"))
 _KEEP = re.compile(
     r"(?<![0-9A-Za-z])(?:"
     + "|".join(r"[^0-9A-Za-z/]+".join(map(re.escape, phrase)) for phrase in KEEP_WORDS)
-    + r")(?![0-9A-Za-z])", re.IGNORECASE | re.ASCII)
+    + r")(?![0-9A-Za-z])",
+    re.IGNORECASE | re.ASCII,
+)
 
 
 class PlannedFile(NamedTuple):
@@ -38,8 +42,7 @@ RemoteRule = Callable[[str, dict, str], str]
 def _component(value: object, what: str, path: str) -> str:
     text = str(value)
     if not text or "/" in text or text in (".", ".."):
-        raise BadFileEntry(path, f"{what} {text!r} cannot be a path component",
-                           "bad_remote_path")
+        raise BadFileEntry(path, f"{what} {text!r} cannot be a path component", "bad_remote_path")
     return text
 
 
@@ -56,12 +59,13 @@ def smurf_remote_path(local_path: str, payload: dict, pub_id: str) -> str:
 
 def tail_rule(n: int) -> RemoteRule:
     """The last ``n`` components of the normalised local path (timestreams use 3)."""
+
     def rule(local_path: str, payload: dict, pub_id: str) -> str:
         parts = os.path.normpath(local_path).strip("/").split("/")
         if len(parts) < n:
-            raise BadFileEntry(local_path, f"needs at least {n} path components",
-                               "bad_remote_path")
+            raise BadFileEntry(local_path, f"needs at least {n} path components", "bad_remote_path")
         return "/".join(parts[-n:])
+
     return rule
 
 
@@ -71,9 +75,11 @@ def relative_rule(base_dir: str) -> RemoteRule:
 
     def rule(local_path: str, payload: dict, pub_id: str) -> str:
         if os.path.commonpath([base, local_path]) != base or local_path == base:
-            raise BadFileEntry(local_path, f"is not inside this archive's base dir {base}",
-                               "remote_escape")
+            raise BadFileEntry(
+                local_path, f"is not inside this archive's base dir {base}", "remote_escape"
+            )
         return os.path.relpath(local_path, base)
+
     return rule
 
 
@@ -90,8 +96,7 @@ def parse_archive_rule(spec: str) -> tuple[str, RemoteRule]:
         return name, tail_rule(int(arg))
     if kind == "relative" and os.path.isabs(arg):
         return name, relative_rule(arg)
-    raise ValueError(f"--archive {spec!r}: rule must be tail:N (N > 0) or "
-                     "relative:/absolute/dir")
+    raise ValueError(f"--archive {spec!r}: rule must be tail:N (N > 0) or relative:/absolute/dir")
 
 
 def smurf_deletable(local_path: str) -> bool:
@@ -103,8 +108,9 @@ def smurf_deletable(local_path: str) -> bool:
     return _KEEP.search(parts[4]) is None
 
 
-def plan_file(payload: dict, pub_id: str, archive: str,
-              rules: Optional[dict[str, RemoteRule]] = None) -> PlannedFile:
+def plan_file(
+    payload: dict, pub_id: str, archive: str, rules: dict[str, RemoteRule] | None = None
+) -> PlannedFile:
     """Apply every rule to an announced file.
 
     Raises:
@@ -116,8 +122,11 @@ def plan_file(payload: dict, pub_id: str, archive: str,
         local_path += ".npy"
     local_path = check_local_path(local_path)
     if archive not in rules:
-        raise BadFileEntry(local_path, f"unknown archive {archive!r} (known: "
-                           f"{', '.join(rules)})", "unknown_archive")
+        raise BadFileEntry(
+            local_path,
+            f"unknown archive {archive!r} (known: {', '.join(rules)})",
+            "unknown_archive",
+        )
     remote = check_remote_path(rules[archive](local_path, payload, pub_id), local_path)
     deletable = smurf_deletable(local_path) if archive == "smurf" else True
     return PlannedFile(local_path, remote, archive, deletable)

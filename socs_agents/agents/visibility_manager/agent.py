@@ -1,14 +1,15 @@
 """VisibilityManager: drives every recording pipeline of one mode with one call.
 
 Commands are forwarded concurrently over the agent's own WAMP session (no HTTP, no serial
-loop), one call of each recorder's direct procedure per pipeline, and answered with one aggregated result; the pipelines' monitoring feeds are followed
-by subscription and summarised by :mod:`.aggregate`'s rules.
+loop), one call of each recorder's direct procedure per pipeline, and answered with one
+aggregated result; the pipelines' monitoring feeds are followed by subscription and
+summarised by :mod:`.aggregate`'s rules.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Optional
 
 from autobahn.wamp.exception import ApplicationError
 from ocs import access, ocs_agent, site_config
@@ -49,15 +50,17 @@ class VisibilityManager:
         #: pipeline id -> latest monitoring points, with ``received`` (unix time)
         self.reports: dict[str, dict] = {}
         self._passwords: dict[str, str] = {}
-        self._last: Optional[dict] = None
+        self._last: dict | None = None
         self.started = time.time()
         self._monitor_on = False
-        self._monitor_wake: Optional[defer.Deferred] = None
+        self._monitor_wake: defer.Deferred | None = None
         self._monitor_call = None
-        agent.register_feed(SUMMARY_FEED, record=True, agg_params={"frame_length": 60},
-                            buffer_time=0)
-        agent.subscribe_on_start(self._on_status, f"{self.root}..feeds.{STATUS_FEED}",
-                                 options={"match": "wildcard"})
+        agent.register_feed(
+            SUMMARY_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=0
+        )
+        agent.subscribe_on_start(
+            self._on_status, f"{self.root}..feeds.{STATUS_FEED}", options={"match": "wildcard"}
+        )
 
     # ---- who the pipelines are -----------------------------------------------------------
 
@@ -83,7 +86,7 @@ class VisibilityManager:
     def _on_status(self, data, *args, **kwargs) -> None:
         try:
             message, feed = data[0], data[1]
-            pid = feed["agent_address"][len(self.root) + 1:]
+            pid = feed["agent_address"][len(self.root) + 1 :]
             block = message["status"]
             fields = {k: v[-1] for k, v in block["data"].items() if v}
         except (KeyError, IndexError, TypeError) as e:
@@ -116,9 +119,11 @@ class VisibilityManager:
         def failed(failure):
             err = failure.value
             if isinstance(err, ApplicationError):
-                return aggregate.classify_exception(err.error, err.error_message() or "",
-                                                    self.timeout)
+                return aggregate.classify_exception(
+                    err.error, err.error_message() or "", self.timeout
+                )
             return aggregate.classify_exception(type(err).__name__, str(err), self.timeout)
+
         d.addErrback(failed)
         return d
 
@@ -132,12 +137,18 @@ class VisibilityManager:
                 values.append((yield self._one(pid, op_name, params)))
         else:
             values = yield defer.gatherResults(
-                [self._one(pid, op_name, params) for pid in pipelines])
-        results = dict(zip(pipelines, values))
+                [self._one(pid, op_name, params) for pid in pipelines]
+            )
+        results = dict(zip(pipelines, values, strict=False))
         session.data = results
         ok, message = aggregate.overall(op_name, results)
-        self.log.info("{op} to {n} pipelines in {ms:.1f} ms: {text}", op=op_name,
-                      n=len(pipelines), ms=(time.perf_counter() - t0) * 1e3, text=message)
+        self.log.info(
+            "{op} to {n} pipelines in {ms:.1f} ms: {text}",
+            op=op_name,
+            n=len(pipelines),
+            ms=(time.perf_counter() - t0) * 1e3,
+            text=message,
+        )
         return ok, message
 
     def _forward_time(self, params: dict, which: str):
@@ -256,9 +267,15 @@ class VisibilityManager:
         return d
 
     def evaluate(self) -> dict:
-        result = aggregate.aggregate_monitoring(self.pipelines(), self.reports, time.time(),
-                                                self.args.stale_after, self._last,
-                                                self.args.cleared_note_hold, self.started)
+        result = aggregate.aggregate_monitoring(
+            self.pipelines(),
+            self.reports,
+            time.time(),
+            self.args.stale_after,
+            self._last,
+            self.args.cleared_note_hold,
+            self.started,
+        )
         result["mode"] = self.mode
         self._last = result
         return result
@@ -296,9 +313,14 @@ class VisibilityManager:
             result = self.evaluate()
             session.data = result
             session.degraded = result["summary"] != "normal"
-            self.agent.publish_to_feed(SUMMARY_FEED, {
-                "block_name": "summary", "timestamp": result["timestamp"],
-                "data": {k: result[k] for k in FEED_FIELDS}})
+            self.agent.publish_to_feed(
+                SUMMARY_FEED,
+                {
+                    "block_name": "summary",
+                    "timestamp": result["timestamp"],
+                    "data": {k: result[k] for k in FEED_FIELDS},
+                },
+            )
             yield self._sleep(interval)
         return True, "monitoring stopped"
 
@@ -308,40 +330,66 @@ class VisibilityManager:
         return defer.succeed((True, "stopping"))
 
 
-def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     if parser is None:
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
-    pgroup.add_argument("--mode", choices=["fast", "slow"], default="slow",
-                        help="The mode of the pipelines this manager drives.")
-    pgroup.add_argument("--pipelines", nargs="*", default=[],
-                        help="Instance-ids of the pipelines (VisibilityRecorder agents), "
-                        "space- or comma-separated. Default: every VisibilityRecorder of "
-                        "this mode that publishes its status on the hub.")
-    pgroup.add_argument("--timeout", type=float, default=5.0,
-                        help="Seconds to wait for each pipeline's answer.")
-    pgroup.add_argument("--monitor-interval", type=float, default=15.0,
-                        help="Seconds between monitoring summaries.")
-    pgroup.add_argument("--stale-after", type=float, default=120.0,
-                        help="Seconds without an update after which a pipeline counts as "
-                        "timed out (summary 'error').")
-    pgroup.add_argument("--cleared-note-hold", type=float, default=60.0,
-                        help="Seconds the 'normal' info keeps naming the condition that "
-                        "cleared.")
-    pgroup.add_argument("--now-lead", type=float, default=DEFAULT_NOW_LEAD_S,
-                        help="Seconds after a request that 'now' means.")
-    pgroup.add_argument("--recorder-password", default=None,
-                        help="Password giving credential level 2 on the pipelines (needed "
-                        "for start, stop and sync when the site has an access policy). "
-                        "Default: the level-2 password of the OCS password file "
-                        "(OCS_PASSWORDS_FILE or ~/.ocs-passwords.yaml), if any.")
-    pgroup.add_argument("--serial", action="store_true",
-                        help="Call the pipelines one after the other instead of all at "
-                        "once (for comparison only).")
+    pgroup.add_argument(
+        "--mode",
+        choices=["fast", "slow"],
+        default="slow",
+        help="The mode of the pipelines this manager drives.",
+    )
+    pgroup.add_argument(
+        "--pipelines",
+        nargs="*",
+        default=[],
+        help="Instance-ids of the pipelines (VisibilityRecorder agents), "
+        "space- or comma-separated. Default: every VisibilityRecorder of "
+        "this mode that publishes its status on the hub.",
+    )
+    pgroup.add_argument(
+        "--timeout", type=float, default=5.0, help="Seconds to wait for each pipeline's answer."
+    )
+    pgroup.add_argument(
+        "--monitor-interval", type=float, default=15.0, help="Seconds between monitoring summaries."
+    )
+    pgroup.add_argument(
+        "--stale-after",
+        type=float,
+        default=120.0,
+        help="Seconds without an update after which a pipeline counts as "
+        "timed out (summary 'error').",
+    )
+    pgroup.add_argument(
+        "--cleared-note-hold",
+        type=float,
+        default=60.0,
+        help="Seconds the 'normal' info keeps naming the condition that cleared.",
+    )
+    pgroup.add_argument(
+        "--now-lead",
+        type=float,
+        default=DEFAULT_NOW_LEAD_S,
+        help="Seconds after a request that 'now' means.",
+    )
+    pgroup.add_argument(
+        "--recorder-password",
+        default=None,
+        help="Password giving credential level 2 on the pipelines (needed "
+        "for start, stop and sync when the site has an access policy). "
+        "Default: the level-2 password of the OCS password file "
+        "(OCS_PASSWORDS_FILE or ~/.ocs-passwords.yaml), if any.",
+    )
+    pgroup.add_argument(
+        "--serial",
+        action="store_true",
+        help="Call the pipelines one after the other instead of all at once (for comparison only).",
+    )
     return parser
 
 
-def main(args: Optional[list] = None) -> None:
+def main(args: list | None = None) -> None:
     parser = make_parser()
     args = site_config.parse_args(agent_class="VisibilityManager", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)
@@ -350,8 +398,9 @@ def main(args: Optional[list] = None) -> None:
     agent.register_task("sync", manager.sync, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("start", manager.start, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("stop", manager.stop, blocking=False, min_privs=CONTROL_PRIVS)
-    agent.register_process("monitor", manager.monitor, manager._stop_monitor,
-                           blocking=False, startup=True)
+    agent.register_process(
+        "monitor", manager.monitor, manager._stop_monitor, blocking=False, startup=True
+    )
     runner.run(agent, auto_reconnect=True)
 
 

@@ -2,9 +2,11 @@
 
 No OCS or Twisted here.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 SUCCESS, FAILED, TIMED_OUT = "success", "error", "timeout"
 BAD_SUMMARIES = ("booting", "shutdown", "error")
@@ -28,8 +30,10 @@ def classify_exception(error: str, text: str, timeout: float) -> dict:
         text: its message.
     """
     if error == "wamp.error.no_such_procedure":
-        return {"status": TIMED_OUT,
-                "response": "no answer: not registered on the hub (agent not running)"}
+        return {
+            "status": TIMED_OUT,
+            "response": "no answer: not registered on the hub (agent not running)",
+        }
     if error in ("TimeoutError", "CancelledError"):
         return {"status": TIMED_OUT, "response": f"no answer within {timeout:g} s"}
     return {"status": FAILED, "response": f"{error}: {text}" if text else error}
@@ -50,10 +54,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping[str, Any]],
-                         now: float, stale_after: float,
-                         previous: Optional[Mapping[str, Any]] = None,
-                         cleared_hold: float = 60.0, started: Optional[float] = None) -> dict:
+def aggregate_monitoring(
+    pipelines: Sequence[str],
+    reports: Mapping[str, Mapping[str, Any]],
+    now: float,
+    stale_after: float,
+    previous: Mapping[str, Any] | None = None,
+    cleared_hold: float = 60.0,
+    started: float | None = None,
+) -> dict:
     """The manager's monitoring points, by the reference's precedence rules.
 
     Args:
@@ -79,13 +88,14 @@ def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping
         waiting = r is None and started is not None and now - started <= stale_after
         if (r is None and not waiting) or (age is not None and age > stale_after):
             stale.append(pid)
-        per[pid] = {"summary": r.get("summary", "") if r else ("booting" if waiting else ""),
-                    "info": r.get("info", "") if r else ("no report yet" if waiting
-                                                         else "never reported"),
-                    "op_type": r.get("op_type", "") if r else "",
-                    "op_tag": r.get("op_tag", "") if r else "",
-                    "age_s": None if age is None else round(age, 3),
-                    "stale": pid in stale}
+        per[pid] = {
+            "summary": r.get("summary", "") if r else ("booting" if waiting else ""),
+            "info": r.get("info", "") if r else ("no report yet" if waiting else "never reported"),
+            "op_type": r.get("op_type", "") if r else "",
+            "op_tag": r.get("op_tag", "") if r else "",
+            "age_s": None if age is None else round(age, 3),
+            "stale": pid in stale,
+        }
     fresh = [pid for pid in pipelines if pid not in stale]
     bad = [pid for pid in fresh if per[pid]["summary"] in BAD_SUMMARIES]
     warn = [pid for pid in fresh if per[pid]["summary"] == "warning"]
@@ -93,8 +103,10 @@ def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping
         summary, info = "error", "no pipelines known"
     elif stale:
         summary = "error"
-        info = (f"{_plural(len(stale), 'pipeline')} ha{'s' if len(stale) == 1 else 've'} "
-                f"not updated in {stale_after:g} s: {', '.join(stale)}")
+        info = (
+            f"{_plural(len(stale), 'pipeline')} ha{'s' if len(stale) == 1 else 've'} "
+            f"not updated in {stale_after:g} s: {', '.join(stale)}"
+        )
     elif bad:
         summary = "error"
         info = "; ".join(f"{pid}={per[pid]['summary']}: {per[pid]['info']}" for pid in bad)
@@ -124,6 +136,15 @@ def aggregate_monitoring(pipelines: Sequence[str], reports: Mapping[str, Mapping
         parts = [f"{n} {k}" for k, n in kinds.items() if n or k != "waiting"]
         op_type = "; ".join(parts + [f"{len(stale)} timed out"])
     op_tag = "; ".join(per[pid]["op_tag"] for pid in pipelines if per[pid]["op_tag"])
-    return {"timestamp": now, "summary": summary, "info": info, "op_type": op_type,
-            "op_tag": op_tag, "n_pipelines": len(pipelines), "n_stale": len(stale),
-            "cleared": cleared, "cleared_at": cleared_at, "pipelines": per}
+    return {
+        "timestamp": now,
+        "summary": summary,
+        "info": info,
+        "op_type": op_type,
+        "op_tag": op_tag,
+        "n_pipelines": len(pipelines),
+        "n_stale": len(stale),
+        "cleared": cleared,
+        "cleared_at": cleared_at,
+        "pipelines": per,
+    }

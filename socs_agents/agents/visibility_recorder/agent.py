@@ -4,6 +4,7 @@ A thin OCS shell over :mod:`.schedule` (requests, validation, SQLite schedule), 
 (the recording and writer threads), :mod:`.writer` (HDF5 files, SupRsync registration) and
 :mod:`.sntp` (clock check).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,8 @@ import os
 import threading
 import time
 import zlib
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ocs import access, ocs_agent, site_config
 from twisted.internet import defer, reactor, threads
@@ -42,9 +44,23 @@ MODE_DEFAULTS = {
 }
 
 #: The fields of the status feed, in order (numbers and strings only, as ocs records them).
-FEED_FIELDS = ("summary", "info", "op_type", "op_tag", "mode", "pipeline_id", "disk_size",
-               "disk_free", "disk_used_pct", "files_written", "bytes_written", "write_errors",
-               "last_file", "last_error", "data_rate")
+FEED_FIELDS = (
+    "summary",
+    "info",
+    "op_type",
+    "op_tag",
+    "mode",
+    "pipeline_id",
+    "disk_size",
+    "disk_free",
+    "disk_used_pct",
+    "files_written",
+    "bytes_written",
+    "write_errors",
+    "last_file",
+    "last_error",
+    "data_rate",
+)
 
 
 def _time_params(func):
@@ -74,26 +90,36 @@ class VisibilityRecorder:
         os.makedirs(args.data_dir, exist_ok=True)
         self.db = SupRsyncDB(args.db_path) if args.db_path != "none" else None
         schedule_path = args.schedule_db or os.path.join(
-            args.data_dir, f".{self.pipeline_id}.schedule.sqlite")
+            args.data_dir, f".{self.pipeline_id}.schedule.sqlite"
+        )
         self.schedule = Schedule(schedule_path)
-        writer = VisibilityWriter(args.data_dir, args.mode, self.pipeline_id,
-                                  self.integration_time, self.db, self.archive)
-        correlator = SimulatedCorrelator(n_antennas=args.n_antennas,
-                                         n_channels=args.n_channels,
-                                         seed=zlib.crc32(self.pipeline_id.encode()))
-        config = EngineConfig(mode=args.mode, pipeline_id=self.pipeline_id,
-                              integration_time=self.integration_time,
-                              integrations_per_file=self.per_file,
-                              disk_warning_pct=args.disk_warning, disk_error_pct=args.disk_error,
-                              now_lead=args.now_lead)
+        writer = VisibilityWriter(
+            args.data_dir, args.mode, self.pipeline_id, self.integration_time, self.db, self.archive
+        )
+        correlator = SimulatedCorrelator(
+            n_antennas=args.n_antennas,
+            n_channels=args.n_channels,
+            seed=zlib.crc32(self.pipeline_id.encode()),
+        )
+        config = EngineConfig(
+            mode=args.mode,
+            pipeline_id=self.pipeline_id,
+            integration_time=self.integration_time,
+            integrations_per_file=self.per_file,
+            disk_warning_pct=args.disk_warning,
+            disk_error_pct=args.disk_error,
+            now_lead=args.now_lead,
+        )
         self.engine = RecordingEngine(self.schedule, writer, correlator, config, log=self._log)
         self._monitor_stop = threading.Event()
         self.requests = RequestThread()
         # ocs's access checks take an ActionContext; one per operation is enough.
-        self._contexts = {op: access.ActionContext(op_name=op, action="start")
-                          for op in self._direct_work()}
-        self.agent.register_feed(STATUS_FEED, record=True, agg_params={"frame_length": 60},
-                                 buffer_time=0)
+        self._contexts = {
+            op: access.ActionContext(op_name=op, action="start") for op in self._direct_work()
+        }
+        self.agent.register_feed(
+            STATUS_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=0
+        )
 
     def _log(self, level: str, text: str) -> None:
         getattr(self.log, level)("{text}", text=text)
@@ -116,8 +142,16 @@ class VisibilityRecorder:
         return ok, message
 
     def _ping(self, params: dict) -> Outcome:
-        return True, "pong", {"response": "pong", "pipeline_id": self.pipeline_id,
-                              "mode": self.args.mode, "timestamp": time.time()}
+        return (
+            True,
+            "pong",
+            {
+                "response": "pong",
+                "pipeline_id": self.pipeline_id,
+                "mode": self.args.mode,
+                "timestamp": time.time(),
+            },
+        )
 
     @ocs_agent.param("timeout", default=2.0, type=float, check=lambda x: 0 < x <= 30)
     @ocs_agent.param("set_clock", default=False, type=bool)
@@ -158,15 +192,27 @@ class VisibilityRecorder:
         answer = {"synced": True, **result.as_dict()}
         if params["set_clock"]:
             answer["clock_set"], answer["clock_note"] = set_clock(
-                result.offset_s, allowed=self.args.allow_set_clock)
+                result.offset_s, allowed=self.args.allow_set_clock
+            )
         else:
             answer["clock_set"], answer["clock_note"] = False, "clock not set: not requested"
-        self.log.info("sync with {server}: offset {offset:+.6f} s, delay {delay:.6f} s, "
-                      "stratum {stratum}; {note}", server=result.server,
-                      offset=result.offset_s, delay=result.delay_s, stratum=result.stratum,
-                      note=answer["clock_note"])
-        return True, (f"offset {result.offset_s:+.6f} s, delay {result.delay_s:.6f} s, "
-                      f"stratum {result.stratum}; {answer['clock_note']}"), {"response": answer}
+        self.log.info(
+            "sync with {server}: offset {offset:+.6f} s, delay {delay:.6f} s, "
+            "stratum {stratum}; {note}",
+            server=result.server,
+            offset=result.offset_s,
+            delay=result.delay_s,
+            stratum=result.stratum,
+            note=answer["clock_note"],
+        )
+        return (
+            True,
+            (
+                f"offset {result.offset_s:+.6f} s, delay {result.delay_s:.6f} s, "
+                f"stratum {result.stratum}; {answer['clock_note']}"
+            ),
+            {"response": answer},
+        )
 
     @_time_params
     @ocs_agent.param("start_mpm", default=None)
@@ -244,11 +290,16 @@ class VisibilityRecorder:
     def _direct_work(self) -> dict[str, tuple[Callable[[dict], Outcome], str]]:
         """Operation name -> (its work, where it runs: the reactor, the request thread
         (schedule writes, short) or the thread pool (waits on the network))."""
-        return {"ping": (self._ping, "reactor"), "sync": (self._sync, "pool"),
-                "start": (self._start, "requests"), "stop": (self._stop, "requests")}
+        return {
+            "ping": (self._ping, "reactor"),
+            "sync": (self._sync, "pool"),
+            "start": (self._start, "requests"),
+            "stop": (self._stop, "requests"),
+        }
 
-    def direct(self, op_name: str, params: Optional[dict] = None,
-               password: Optional[str] = None) -> defer.Deferred:
+    def direct(
+        self, op_name: str, params: dict | None = None, password: str | None = None
+    ) -> defer.Deferred:
         """Run ``ping``, ``sync``, ``start`` or ``stop`` in one WAMP call, for the manager.
 
         Registered at ``<agent address>.direct``. The same checks as the OCS task, in the
@@ -263,6 +314,7 @@ class VisibilityRecorder:
             puts in ``session.data``; ``message`` is what it returns (or why the call was
             refused).
         """
+
         def answer(outcome: Outcome) -> dict:
             ok, message, data = outcome
             return {"success": bool(ok), "message": message, "data": data}
@@ -271,13 +323,17 @@ class VisibilityRecorder:
         op = self.agent.tasks.get(op_name)
         if work is None or op is None:
             return defer.succeed(answer((False, f'No operation called "{op_name}"', {})))
-        level, detail = access.agent_get_creds(password, self.agent.access_config,
-                                               self.agent.access_config.agent,
-                                               self._contexts[op_name])
+        level, detail = access.agent_get_creds(
+            password,
+            self.agent.access_config,
+            self.agent.access_config.agent,
+            self._contexts[op_name],
+        )
         if level < op.min_privs:
             self.log.info("rejected underprivileged direct {op} request", op=op_name)
-            return defer.succeed(answer((False, access.agent_rejection_message(
-                level, op.min_privs, detail), {})))
+            return defer.succeed(
+                answer((False, access.agent_rejection_message(level, op.min_privs, detail), {}))
+            )
         prescreen = getattr(op.launcher, "_ocs_prescreen", None)
         if prescreen is not None:
             try:
@@ -300,6 +356,7 @@ class VisibilityRecorder:
         def crashed(failure) -> dict:
             self.log.error("direct {op} crashed: {f}", op=op_name, f=failure)
             return answer((False, f"CRASH: {failure.value!r}", {}))
+
         d.addErrback(crashed)
         return d
 
@@ -307,8 +364,7 @@ class VisibilityRecorder:
         """Register :meth:`direct` on (every) join of the agent's WAMP session."""
         uri = f"{self.agent.agent_address}.{DIRECT_PROCEDURE}"
         d = defer.maybeDeferred(session.register, self.direct, uri)
-        d.addErrback(lambda f: self.log.error("could not register {uri}: {e}", uri=uri,
-                                              e=f.value))
+        d.addErrback(lambda f: self.log.error("could not register {uri}: {e}", uri=uri, e=f.value))
         return d
 
     # ---- monitoring ----------------------------------------------------------------------
@@ -341,9 +397,14 @@ class VisibilityRecorder:
             status = self.engine.status()
             session.data = status
             session.degraded = status["summary"] in ("warning", "error")
-            self.agent.publish_to_feed(STATUS_FEED, {
-                "block_name": "status", "timestamp": status["timestamp"],
-                "data": {k: status[k] for k in FEED_FIELDS}})
+            self.agent.publish_to_feed(
+                STATUS_FEED,
+                {
+                    "block_name": "status",
+                    "timestamp": status["timestamp"],
+                    "data": {k: status[k] for k in FEED_FIELDS},
+                },
+            )
             if self._monitor_stop.wait(interval):
                 break
         return True, "monitoring stopped"
@@ -362,61 +423,111 @@ class VisibilityRecorder:
         d = threads.deferToThread(self._shutdown_threads, 10.0)
 
         def done(clean):
-            self.log.info("recorder stopped{how}", how="" if clean else
-                          " (threads still busy after 10 s)")
+            self.log.info(
+                "recorder stopped{how}", how="" if clean else " (threads still busy after 10 s)"
+            )
             self.schedule.close()
             if self.db is not None:
                 self.db.close()
+
         d.addCallback(done)
         d.addErrback(lambda f: self.log.error("shutdown failed: {f}", f=f))
         return d
 
 
-def make_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     if parser is None:
         parser = argparse.ArgumentParser()
     pgroup = parser.add_argument_group("Agent Options")
-    pgroup.add_argument("--mode", choices=sorted(MODE_DEFAULTS), default="slow",
-                        help="Recording mode: 'slow' (about 10 s integrations, one per file) "
-                        "or 'fast' (about 0.1 s, many per file).")
-    pgroup.add_argument("--pipeline-id", default=None,
-                        help="Name of the pipeline in answers, files and monitoring. Default: "
-                        "the instance-id.")
-    pgroup.add_argument("--data-dir", default="/data/drv",
-                        help="Folder of the recordings (one sub-folder per recording).")
-    pgroup.add_argument("--integration-time", type=float, default=None,
-                        help="Seconds per integration. Default: 10 (slow) or 0.1 (fast).")
-    pgroup.add_argument("--integrations-per-file", type=int, default=None,
-                        help="Integrations per HDF5 file. Default: 1 (slow) or 100 (fast).")
-    pgroup.add_argument("--n-antennas", type=int, default=8,
-                        help="Antennas of the simulated correlator (baselines include autos).")
-    pgroup.add_argument("--n-channels", type=int, default=64,
-                        help="Frequency channels of the simulated correlator.")
-    pgroup.add_argument("--db-path", default="/data/so/databases/suprsync.db",
-                        help="SupRsync database where finished files are registered; "
-                        "'none' to write files without registering them.")
-    pgroup.add_argument("--archive-name", default=None,
-                        help="SupRsync archive of the files. Default: drv_slow or drv_fast.")
-    pgroup.add_argument("--schedule-db", default=None,
-                        help="SQLite file of the schedule (survives restarts). Default: "
-                        ".<pipeline-id>.schedule.sqlite in the data directory.")
-    pgroup.add_argument("--now-lead", type=float, default=DEFAULT_NOW_LEAD_S,
-                        help="Seconds after a request that 'now' means.")
-    pgroup.add_argument("--disk-warning", type=float, default=95.0,
-                        help="Percent of the data disk used above which the summary is "
-                        "'warning'.")
-    pgroup.add_argument("--disk-error", type=float, default=99.0,
-                        help="Percent of the data disk used above which the summary is "
-                        "'error'.")
-    pgroup.add_argument("--monitor-interval", type=float, default=5.0,
-                        help="Seconds between monitoring updates (feed and session.data).")
-    pgroup.add_argument("--allow-set-clock", action="store_true",
-                        help="Let sync(set_clock=True) step the system clock (the OS must "
-                        "permit it too: CAP_SYS_TIME).")
+    pgroup.add_argument(
+        "--mode",
+        choices=sorted(MODE_DEFAULTS),
+        default="slow",
+        help="Recording mode: 'slow' (about 10 s integrations, one per file) "
+        "or 'fast' (about 0.1 s, many per file).",
+    )
+    pgroup.add_argument(
+        "--pipeline-id",
+        default=None,
+        help="Name of the pipeline in answers, files and monitoring. Default: the instance-id.",
+    )
+    pgroup.add_argument(
+        "--data-dir",
+        default="/data/drv",
+        help="Folder of the recordings (one sub-folder per recording).",
+    )
+    pgroup.add_argument(
+        "--integration-time",
+        type=float,
+        default=None,
+        help="Seconds per integration. Default: 10 (slow) or 0.1 (fast).",
+    )
+    pgroup.add_argument(
+        "--integrations-per-file",
+        type=int,
+        default=None,
+        help="Integrations per HDF5 file. Default: 1 (slow) or 100 (fast).",
+    )
+    pgroup.add_argument(
+        "--n-antennas",
+        type=int,
+        default=8,
+        help="Antennas of the simulated correlator (baselines include autos).",
+    )
+    pgroup.add_argument(
+        "--n-channels", type=int, default=64, help="Frequency channels of the simulated correlator."
+    )
+    pgroup.add_argument(
+        "--db-path",
+        default="/data/so/databases/suprsync.db",
+        help="SupRsync database where finished files are registered; "
+        "'none' to write files without registering them.",
+    )
+    pgroup.add_argument(
+        "--archive-name",
+        default=None,
+        help="SupRsync archive of the files. Default: drv_slow or drv_fast.",
+    )
+    pgroup.add_argument(
+        "--schedule-db",
+        default=None,
+        help="SQLite file of the schedule (survives restarts). Default: "
+        ".<pipeline-id>.schedule.sqlite in the data directory.",
+    )
+    pgroup.add_argument(
+        "--now-lead",
+        type=float,
+        default=DEFAULT_NOW_LEAD_S,
+        help="Seconds after a request that 'now' means.",
+    )
+    pgroup.add_argument(
+        "--disk-warning",
+        type=float,
+        default=95.0,
+        help="Percent of the data disk used above which the summary is 'warning'.",
+    )
+    pgroup.add_argument(
+        "--disk-error",
+        type=float,
+        default=99.0,
+        help="Percent of the data disk used above which the summary is 'error'.",
+    )
+    pgroup.add_argument(
+        "--monitor-interval",
+        type=float,
+        default=5.0,
+        help="Seconds between monitoring updates (feed and session.data).",
+    )
+    pgroup.add_argument(
+        "--allow-set-clock",
+        action="store_true",
+        help="Let sync(set_clock=True) step the system clock (the OS must "
+        "permit it too: CAP_SYS_TIME).",
+    )
     return parser
 
 
-def main(args: Optional[list] = None) -> None:
+def main(args: list | None = None) -> None:
     parser = make_parser()
     args = site_config.parse_args(agent_class="VisibilityRecorder", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)

@@ -3,6 +3,7 @@
 Deterministic for a given seed and integration start time, so tests can rely on shapes and
 values. No OCS or Twisted here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,13 +37,15 @@ class SimulatedCorrelator:
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
-        self.baselines = np.array([(i, j) for i in range(self.n_antennas)
-                                   for j in range(i, self.n_antennas)], dtype=np.int32)
+        self.baselines = np.array(
+            [(i, j) for i in range(self.n_antennas) for j in range(i, self.n_antennas)],
+            dtype=np.int32,
+        )
         width = self.bandwidth_hz / self.n_channels
         self.frequencies = self.f_start_hz + width * (np.arange(self.n_channels) + 0.5)
         positions = rng.uniform(-100.0, 100.0, size=(self.n_antennas, 2))  # metres
         i, j = self.baselines[:, 0], self.baselines[:, 1]
-        self._uv = positions[j] - positions[i]                        # [baseline, 2]
+        self._uv = positions[j] - positions[i]  # [baseline, 2]
         self._flux = rng.uniform(1.0, 10.0, size=self.n_sources)
         self._phase0 = rng.uniform(0.0, 2 * np.pi, size=self.n_sources)
         self._auto = i == j
@@ -57,7 +60,7 @@ class SimulatedCorrelator:
         # Sources drift in direction at the sidereal rate (radians per second).
         angle = self._phase0 + 7.2921e-5 * t_mid
         direction = np.stack([np.cos(angle), np.sin(angle)], axis=1) * 0.5  # [src, 2]
-        delay = self._uv @ direction.T / 299792458.0                      # [baseline, src]
+        delay = self._uv @ direction.T / 299792458.0  # [baseline, src]
         phase = 2 * np.pi * delay[:, None, :] * self.frequencies[None, :, None]
         sky = (self._flux[None, None, :] * np.exp(-1j * phase)).sum(axis=2)  # [bl, chan]
         vis = np.empty(self.shape, dtype=np.complex64)
@@ -66,7 +69,8 @@ class SimulatedCorrelator:
         vis[..., 1] = 0.05 * sky
         vis[..., 2] = 0.05 * np.conj(sky)
         rng = np.random.default_rng((self.seed, int(round(t_start * 1000))))
-        vis += self.noise * (rng.standard_normal(self.shape)
-                             + 1j * rng.standard_normal(self.shape)).astype(np.complex64)
+        vis += self.noise * (
+            rng.standard_normal(self.shape) + 1j * rng.standard_normal(self.shape)
+        ).astype(np.complex64)
         vis[self._auto] = np.abs(vis[self._auto])  # autocorrelations are real and positive
         return vis

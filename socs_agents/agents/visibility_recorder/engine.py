@@ -5,6 +5,7 @@ No OCS or Twisted here: the agent drives a :class:`RecordingEngine` and reads it
 boundaries and on schedule changes; the writer thread writes, renames and registers files,
 so a slow disk or a locked database never delays an integration.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,15 +17,15 @@ import shutil
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
 from ...timeutil import utc_iso, utc_stamp
 from .correlator import SimulatedCorrelator
-from .schedule import (DEFAULT_NOW_LEAD_S, RECORDING, SCHEDULED, Operation, Schedule,
-                       request_time)
+from .schedule import DEFAULT_NOW_LEAD_S, RECORDING, SCHEDULED, Operation, Schedule, request_time
 from .writer import FileChunk, VisibilityWriter, WriteError
 
 SUMMARIES = ("booting", "normal", "warning", "error", "shutdown")
@@ -48,8 +49,15 @@ class EngineConfig:
     now_lead: float = DEFAULT_NOW_LEAD_S
 
 
-def pipeline_summary(state: str, thread_error: str, write_error: str, disk_used_pct: float,
-                     warning_pct: float, error_pct: float, activity: str) -> tuple[str, str]:
+def pipeline_summary(
+    state: str,
+    thread_error: str,
+    write_error: str,
+    disk_used_pct: float,
+    warning_pct: float,
+    error_pct: float,
+    activity: str,
+) -> tuple[str, str]:
     """Summary and info of one pipeline, by the reference's rules (worst condition wins).
 
     Args:
@@ -73,8 +81,7 @@ def pipeline_summary(state: str, thread_error: str, write_error: str, disk_used_
     if disk_used_pct > error_pct:
         return "error", f"data disk {disk_used_pct:.1f}% full (error above {error_pct:g}%)"
     if disk_used_pct > warning_pct:
-        return "warning", (f"data disk {disk_used_pct:.1f}% full (warning above "
-                           f"{warning_pct:g}%)")
+        return "warning", (f"data disk {disk_used_pct:.1f}% full (warning above {warning_pct:g}%)")
     return "normal", activity
 
 
@@ -90,10 +97,15 @@ class RecordingEngine:
         clock: unix time source.
     """
 
-    def __init__(self, schedule: Schedule, writer: VisibilityWriter,
-                 correlator: SimulatedCorrelator, config: EngineConfig,
-                 log: Callable[[str, str], None] = lambda level, text: None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        writer: VisibilityWriter,
+        correlator: SimulatedCorrelator,
+        config: EngineConfig,
+        log: Callable[[str, str], None] = lambda level, text: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.schedule = schedule
         self.writer = writer
         self.correlator = correlator
@@ -123,7 +135,7 @@ class RecordingEngine:
 
     # ---- requests (any thread) -----------------------------------------------------------
 
-    def request_start(self, params: Mapping[str, Any], now: Optional[float] = None) -> dict:
+    def request_start(self, params: Mapping[str, Any], now: float | None = None) -> dict:
         """Schedule a recording; the answer names its directory (raises ScheduleError)."""
         now = self.clock() if now is None else now
         rt = request_time(params, "start", now, self.config.now_lead)
@@ -133,7 +145,7 @@ class RecordingEngine:
         self.log("info", f"scheduled recording {op.describe()}")
         return self._answer(op, rt)
 
-    def request_stop(self, params: Mapping[str, Any], now: Optional[float] = None) -> dict:
+    def request_stop(self, params: Mapping[str, Any], now: float | None = None) -> dict:
         """End the recording active at the stop time at that time (raises ScheduleError)."""
         now = self.clock() if now is None else now
         rt = request_time(params, "stop", now, self.config.now_lead)
@@ -143,11 +155,16 @@ class RecordingEngine:
         return self._answer(op, rt)
 
     def _answer(self, op: Operation, rt) -> dict:
-        return {"response": self.writer.recording_dir(op.tag), "tag": op.tag,
-                "operation": op.as_dict(), "mjd": rt.mjd, "mpm": rt.mpm,
-                "requested_time": rt.t}
+        return {
+            "response": self.writer.recording_dir(op.tag),
+            "tag": op.tag,
+            "operation": op.as_dict(),
+            "mjd": rt.mjd,
+            "mpm": rt.mpm,
+            "requested_time": rt.t,
+        }
 
-    def wake(self, at: Optional[float] = None) -> None:
+    def wake(self, at: float | None = None) -> None:
         """Have the recording thread re-read the schedule shortly before ``at`` (unix
         time), or at once.
 
@@ -179,6 +196,7 @@ class RecordingEngine:
             except Exception as e:
                 self.thread_error = f"{name} thread died: {e!r}"
                 self.log("error", f"{self.thread_error}\n{traceback.format_exc()}")
+
         return run
 
     def shutdown(self, timeout: float = 10.0) -> bool:
@@ -238,8 +256,10 @@ class RecordingEngine:
             if not resuming:
                 op = self.schedule.mark_recording(op.id, now)
                 late = now - op.start
-                self.log("info", f"recording {op.tag} started {late * 1e3:.1f} ms after its "
-                         "scheduled time")
+                self.log(
+                    "info",
+                    f"recording {op.tag} started {late * 1e3:.1f} ms after its scheduled time",
+                )
             self._record(op, resuming)
             now = self.clock()
         self._jobs.put(None)
@@ -248,8 +268,9 @@ class RecordingEngine:
         """Close scheduled operations whose whole span passed before the thread woke."""
         for op in self.schedule.operations(open_only=True):
             if op.state == SCHEDULED and op.end <= now:
-                self.schedule.mark_finished(op.id, now, failed=True,
-                                            note="missed: it ended before recording began")
+                self.schedule.mark_finished(
+                    op.id, now, failed=True, note="missed: it ended before recording began"
+                )
                 self.log("warn", f"recording {op.tag} missed: it ended before recording began")
 
     def _recover(self) -> None:
@@ -258,16 +279,20 @@ class RecordingEngine:
         for op in self.schedule.operations(open_only=True):
             if op.end <= now:
                 note = "ended while the agent was down"
-                self.schedule.mark_finished(op.id, op.stop, failed=op.state == SCHEDULED,
-                                            note=note if op.state == RECORDING
-                                            else "missed while the agent was down")
+                self.schedule.mark_finished(
+                    op.id,
+                    op.stop,
+                    failed=op.state == SCHEDULED,
+                    note=note if op.state == RECORDING else "missed while the agent was down",
+                )
                 self.log("warn", f"recording {op.tag}: {note}")
             elif op.state == RECORDING:
                 lost = self.writer.leftover_temporaries(op.tag)
                 for path in lost:
                     os.remove(path)
-                note = (f"resumed after a restart at {utc_iso(now)}"
-                        + (f"; {len(lost)} incomplete file(s) discarded" if lost else ""))
+                note = f"resumed after a restart at {utc_iso(now)}" + (
+                    f"; {len(lost)} incomplete file(s) discarded" if lost else ""
+                )
                 self.schedule.mark_resumed(op.id, note)
                 self.resume_note = f"{op.tag}: {note}"
                 self.log("warn", f"recording {op.tag} {note}")
@@ -327,10 +352,15 @@ class RecordingEngine:
     def _submit(self, op: Operation, times: list, chunks: list) -> None:
         index = self._next_index[op.id]
         self._next_index[op.id] = index + 1
-        chunk = FileChunk(tag=op.tag, index=index, times=np.asarray(times, dtype=np.float64),
-                          data=np.stack(chunks, axis=0),
-                          frequencies=self.correlator.frequencies,
-                          baselines=self.correlator.baselines, recording_start=op.start)
+        chunk = FileChunk(
+            tag=op.tag,
+            index=index,
+            times=np.asarray(times, dtype=np.float64),
+            data=np.stack(chunks, axis=0),
+            frequencies=self.correlator.frequencies,
+            baselines=self.correlator.baselines,
+            recording_start=op.start,
+        )
         self._jobs.put((op.id, chunk))
 
     def _write_loop(self) -> None:
@@ -391,8 +421,14 @@ class RecordingEngine:
         if not thread_error and self.state == "running" and not self.alive():
             thread_error = "a recording thread is not running"
         summary, info = pipeline_summary(
-            self.state, thread_error or disk_error, self.write_error, used_pct,
-            self.config.disk_warning_pct, self.config.disk_error_pct, activity)
+            self.state,
+            thread_error or disk_error,
+            self.write_error,
+            used_pct,
+            self.config.disk_warning_pct,
+            self.config.disk_error_pct,
+            activity,
+        )
         if summary == "normal" and current is not None and current.note:
             info = f"{info} ({current.note})"
         return {

@@ -2,11 +2,13 @@
 
 Imports no ocs (so no txaio framework choice): the unit tests use it without a reactor.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -27,10 +29,10 @@ class RequestThread:
             reactor's ``callFromThread`` unless a test wants it in the thread itself.
     """
 
-    def __init__(self, name: str = "requests",
-                 deliver: Optional[Callable[..., Any]] = None) -> None:
+    def __init__(self, name: str = "requests", deliver: Callable[..., Any] | None = None) -> None:
         if deliver is None:
             from twisted.internet import reactor
+
             deliver = reactor.callFromThread
         self._deliver = deliver
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()

@@ -16,14 +16,16 @@ Rules (as the OVRO-LWA data recorder, with its weaknesses fixed):
 * The schedule is kept in SQLite, so an agent restarted in the middle of a recording finds it
   and resumes.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ...timeutil import MS_PER_DAY, mjd_mpm_to_unix, unix_to_mjd_mpm, utc_iso
 
@@ -63,8 +65,9 @@ def _as_int(name: str, value: Any) -> int:
         raise ScheduleError(f"{name} must be an integer or 'now', not {value!r}") from None
 
 
-def request_time(params: Mapping[str, Any], which: str, now: float,
-                 lead: float = DEFAULT_NOW_LEAD_S) -> RequestTime:
+def request_time(
+    params: Mapping[str, Any], which: str, now: float, lead: float = DEFAULT_NOW_LEAD_S
+) -> RequestTime:
     """Read ``<which>_mjd``/``<which>_mpm`` (or ``mjd``/``mpm``) from a request.
 
     Args:
@@ -76,6 +79,7 @@ def request_time(params: Mapping[str, Any], which: str, now: float,
     Raises:
         ScheduleError: a missing keyword or a value that is not an MJD/MPM.
     """
+
     def pick(key):
         value = params.get(f"{which}_{key}")
         return params.get(key) if value is None else value
@@ -102,8 +106,10 @@ def request_time(params: Mapping[str, Any], which: str, now: float,
 def check_notice(t: float, now: float, which: str) -> None:
     """Refuse a time more than :data:`ADVANCE_NOTICE_S` in the past."""
     if t < now - ADVANCE_NOTICE_S:
-        raise ScheduleError(f"Insufficient advanced notice: the {which} time {utc_iso(t)} is "
-                            f"{now - t:.1f} s in the past")
+        raise ScheduleError(
+            f"Insufficient advanced notice: the {which} time {utc_iso(t)} is "
+            f"{now - t:.1f} s in the past"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,11 +119,11 @@ class Operation:
     id: int
     tag: str
     start: float
-    stop: Optional[float]
+    stop: float | None
     state: str = SCHEDULED
     created: float = 0.0
-    actual_start: Optional[float] = None
-    actual_stop: Optional[float] = None
+    actual_start: float | None = None
+    actual_stop: float | None = None
     files: int = 0
     resumed: int = 0
     note: str = ""
@@ -134,14 +140,33 @@ class Operation:
         return f"{self.tag} ({utc_iso(self.start)} to {stop})"
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "tag": self.tag, "start": self.start, "stop": self.stop,
-                "state": self.state, "actual_start": self.actual_start,
-                "actual_stop": self.actual_stop, "files": self.files,
-                "resumed": self.resumed, "note": self.note}
+        return {
+            "id": self.id,
+            "tag": self.tag,
+            "start": self.start,
+            "stop": self.stop,
+            "state": self.state,
+            "actual_start": self.actual_start,
+            "actual_stop": self.actual_stop,
+            "files": self.files,
+            "resumed": self.resumed,
+            "note": self.note,
+        }
 
 
-_COLUMNS = ("id", "tag", "start", "stop", "state", "created", "actual_start", "actual_stop",
-            "files", "resumed", "note")
+_COLUMNS = (
+    "id",
+    "tag",
+    "start",
+    "stop",
+    "state",
+    "created",
+    "actual_start",
+    "actual_stop",
+    "files",
+    "resumed",
+    "note",
+)
 
 
 class Schedule:
@@ -167,7 +192,8 @@ class Schedule:
             " id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL,"
             " start REAL NOT NULL, stop REAL, state TEXT NOT NULL, created REAL NOT NULL,"
             " actual_start REAL, actual_stop REAL, files INTEGER NOT NULL DEFAULT 0,"
-            " resumed INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '')")
+            " resumed INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '')"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -185,19 +211,19 @@ class Schedule:
                 return self._rows("WHERE state IN (?, ?)", OPEN_STATES)
             return self._rows()
 
-    def get(self, op_id: int) -> Optional[Operation]:
+    def get(self, op_id: int) -> Operation | None:
         with self._lock:
             rows = self._rows("WHERE id = ?", (op_id,))
         return rows[0] if rows else None
 
-    def current(self, now: float) -> Optional[Operation]:
+    def current(self, now: float) -> Operation | None:
         """The open operation that covers ``now``, if any."""
         for op in self.operations(open_only=True):
             if op.covers(now):
                 return op
         return None
 
-    def next_start(self, now: float) -> Optional[Operation]:
+    def next_start(self, now: float) -> Operation | None:
         """The earliest open operation that starts after ``now``."""
         future = [op for op in self.operations(open_only=True) if op.start > now]
         return future[0] if future else None
@@ -214,11 +240,14 @@ class Schedule:
         with self._lock:
             for op in self._rows("WHERE state IN (?, ?)", OPEN_STATES):
                 if op.end > t:
-                    raise ScheduleError("Operation overlaps with a previously scheduled "
-                                        f"operation: {op.describe()}")
+                    raise ScheduleError(
+                        f"Operation overlaps with a previously scheduled operation: {op.describe()}"
+                    )
             cur = self._db.execute(
                 "INSERT INTO operations (tag, start, stop, state, created) "
-                "VALUES (?, ?, NULL, ?, ?)", (tag, t, SCHEDULED, now))
+                "VALUES (?, ?, NULL, ?, ?)",
+                (tag, t, SCHEDULED, now),
+            )
             return Operation(id=cur.lastrowid, tag=tag, start=t, stop=None, created=now)
 
     def add_stop(self, t: float, now: float) -> Operation:
@@ -240,8 +269,9 @@ class Schedule:
     def _update(self, op_id: int, **values) -> Operation:
         cols = ", ".join(f"{k} = ?" for k in values)
         with self._lock:
-            self._db.execute(f"UPDATE operations SET {cols} WHERE id = ?",
-                             (*values.values(), op_id))
+            self._db.execute(
+                f"UPDATE operations SET {cols} WHERE id = ?", (*values.values(), op_id)
+            )
             return self._rows("WHERE id = ?", (op_id,))[0]
 
     def mark_recording(self, op_id: int, actual_start: float) -> Operation:
@@ -254,8 +284,9 @@ class Schedule:
     def mark_files(self, op_id: int, files: int) -> Operation:
         return self._update(op_id, files=files)
 
-    def mark_finished(self, op_id: int, actual_stop: float, failed: bool = False,
-                      note: Optional[str] = None) -> Operation:
+    def mark_finished(
+        self, op_id: int, actual_stop: float, failed: bool = False, note: str | None = None
+    ) -> Operation:
         values = {"state": FAILED if failed else DONE, "actual_stop": actual_stop}
         if note is not None:
             values["note"] = note

@@ -2,14 +2,15 @@
 
 No OCS or Twisted here; :func:`query` blocks for at most ``timeout`` seconds.
 """
+
 from __future__ import annotations
 
 import errno
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 #: Seconds from the NTP epoch (1900-01-01) to the unix epoch (1970-01-01).
 NTP_UNIX_OFFSET = 2208988800
@@ -49,22 +50,52 @@ class Packet:
 
     def encode(self) -> bytes:
         first = ((self.li & 3) << 6) | ((self.version & 7) << 3) | (self.mode & 7)
-        return PACKET.pack(first, self.stratum, self.poll, self.precision,
-                           int(self.root_delay * 65536) & 0xFFFFFFFF,
-                           int(self.root_dispersion * 65536) & 0xFFFFFFFF,
-                           self.ref_id, self.reference, self.originate, self.receive,
-                           self.transmit)
+        return PACKET.pack(
+            first,
+            self.stratum,
+            self.poll,
+            self.precision,
+            int(self.root_delay * 65536) & 0xFFFFFFFF,
+            int(self.root_dispersion * 65536) & 0xFFFFFFFF,
+            self.ref_id,
+            self.reference,
+            self.originate,
+            self.receive,
+            self.transmit,
+        )
 
     @classmethod
-    def decode(cls, data: bytes) -> "Packet":
+    def decode(cls, data: bytes) -> Packet:
         if len(data) < PACKET.size:
             raise SNTPError(f"short SNTP packet: {len(data)} bytes, expected {PACKET.size}")
-        (first, stratum, poll, precision, rdelay, rdisp, ref_id, reference, originate,
-         receive, transmit) = PACKET.unpack_from(data)
-        return cls(li=first >> 6, version=(first >> 3) & 7, mode=first & 7, stratum=stratum,
-                   poll=poll, precision=precision, root_delay=rdelay / 65536,
-                   root_dispersion=rdisp / 65536, ref_id=ref_id, reference=reference,
-                   originate=originate, receive=receive, transmit=transmit)
+        (
+            first,
+            stratum,
+            poll,
+            precision,
+            rdelay,
+            rdisp,
+            ref_id,
+            reference,
+            originate,
+            receive,
+            transmit,
+        ) = PACKET.unpack_from(data)
+        return cls(
+            li=first >> 6,
+            version=(first >> 3) & 7,
+            mode=first & 7,
+            stratum=stratum,
+            poll=poll,
+            precision=precision,
+            root_delay=rdelay / 65536,
+            root_dispersion=rdisp / 65536,
+            ref_id=ref_id,
+            reference=reference,
+            originate=originate,
+            receive=receive,
+            transmit=transmit,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,9 +109,15 @@ class SNTPResult:
     server_time: float
 
     def as_dict(self) -> dict:
-        return {"server": self.server, "port": self.port, "offset_s": round(self.offset_s, 6),
-                "delay_s": round(self.delay_s, 6), "stratum": self.stratum,
-                "ref_id": self.ref_id, "server_time": self.server_time}
+        return {
+            "server": self.server,
+            "port": self.port,
+            "offset_s": round(self.offset_s, 6),
+            "delay_s": round(self.delay_s, 6),
+            "stratum": self.stratum,
+            "ref_id": self.ref_id,
+            "server_time": self.server_time,
+        }
 
 
 def _ref_id_text(stratum: int, ref_id: bytes) -> str:
@@ -89,8 +126,9 @@ def _ref_id_text(stratum: int, ref_id: bytes) -> str:
     return ".".join(str(b) for b in ref_id)
 
 
-def query(server: str, port: int = 123, timeout: float = 2.0,
-          clock: Callable[[], float] = time.time) -> SNTPResult:
+def query(
+    server: str, port: int = 123, timeout: float = 2.0, clock: Callable[[], float] = time.time
+) -> SNTPResult:
     """Ask ``server`` for the time once; return offset (server minus us), delay, stratum.
 
     Raises:
@@ -116,14 +154,16 @@ def query(server: str, port: int = 123, timeout: float = 2.0,
                 reply = Packet.decode(data)
                 if reply.originate == request.transmit:
                     break  # anything else is a stray or late answer to someone else
-        except socket.timeout:
-            raise SNTPError(f"no answer from NTP server {server}:{port} within "
-                            f"{timeout:g} s") from None
+        except TimeoutError:
+            raise SNTPError(
+                f"no answer from NTP server {server}:{port} within {timeout:g} s"
+            ) from None
         except OSError as e:
             raise SNTPError(f"NTP server {server}:{port}: {e.strerror or e}") from None
     if reply.mode not in (MODE_SERVER, MODE_BROADCAST):
-        raise SNTPError(f"NTP server {server}:{port} answered with mode {reply.mode}, "
-                        "not a server reply")
+        raise SNTPError(
+            f"NTP server {server}:{port} answered with mode {reply.mode}, not a server reply"
+        )
     if reply.stratum == 0:
         code = reply.ref_id.rstrip(b"\x00").decode("ascii", "replace")
         raise SNTPError(f"NTP server {server}:{port} sent a kiss-of-death ({code})")
@@ -132,24 +172,36 @@ def query(server: str, port: int = 123, timeout: float = 2.0,
     t2, t3 = from_ntp(reply.receive), from_ntp(reply.transmit)
     offset = ((t2 - t1) + (t3 - t4)) / 2.0
     delay = (t4 - t1) - (t3 - t2)
-    return SNTPResult(server=server, port=port, offset_s=offset, delay_s=delay,
-                      stratum=reply.stratum, ref_id=_ref_id_text(reply.stratum, reply.ref_id),
-                      server_time=t4 + offset)
+    return SNTPResult(
+        server=server,
+        port=port,
+        offset_s=offset,
+        delay_s=delay,
+        stratum=reply.stratum,
+        ref_id=_ref_id_text(reply.stratum, reply.ref_id),
+        server_time=t4 + offset,
+    )
 
 
-def set_clock(offset_s: float, allowed: bool,
-              settime: Optional[Callable[[float], None]] = None) -> tuple[bool, str]:
+def set_clock(
+    offset_s: float, allowed: bool, settime: Callable[[float], None] | None = None
+) -> tuple[bool, str]:
     """Step the system clock by ``offset_s`` when ``allowed`` and the OS permits it.
 
     Returns:
         ``(clock_set, note)``: whether the clock was set, and what happened.
     """
     if not allowed:
-        return False, "clock not set: setting it is not allowed (agent argument " \
-                      "--allow-set-clock and the sync argument set_clock are both needed)"
+        return (
+            False,
+            "clock not set: setting it is not allowed (agent argument "
+            "--allow-set-clock and the sync argument set_clock are both needed)",
+        )
     if settime is None:
+
         def settime(t):
             time.clock_settime(time.CLOCK_REALTIME, t)
+
     try:
         settime(time.time() + offset_s)
     except PermissionError:

@@ -9,11 +9,11 @@ Layout, for a recording tagged ``20261121_101500_slow_drvs-1``:
 * SupRsync remote path: ``<ctime code of the file's first integration>/<tag>/<name>``, so
   the first component is the 5-digit code SupRsync finalizes by.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -35,10 +35,10 @@ class FileChunk:
 
     tag: str
     index: int
-    times: np.ndarray            # [time] start of each integration (unix s)
-    data: np.ndarray             # [time, baseline, channel, polarization] complex64
-    frequencies: np.ndarray      # [channel] Hz
-    baselines: np.ndarray        # [baseline, 2]
+    times: np.ndarray  # [time] start of each integration (unix s)
+    data: np.ndarray  # [time, baseline, channel, polarization] complex64
+    frequencies: np.ndarray  # [channel] Hz
+    baselines: np.ndarray  # [baseline, 2]
     recording_start: float
 
 
@@ -62,8 +62,15 @@ class VisibilityWriter:
         archive: the SupRsync archive name.
     """
 
-    def __init__(self, data_dir: str, mode: str, pipeline_id: str, integration_time: float,
-                 db: Optional[SupRsyncDB] = None, archive: str = "drv_slow") -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        mode: str,
+        pipeline_id: str,
+        integration_time: float,
+        db: SupRsyncDB | None = None,
+        archive: str = "drv_slow",
+    ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.mode = mode
         self.pipeline_id = pipeline_id
@@ -84,8 +91,11 @@ class VisibilityWriter:
         """Temporary files of a recording (left by a crash): never complete, never registered."""
         folder = self.recording_dir(tag)
         try:
-            return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                          if n.startswith(".") and n.endswith(".tmp"))
+            return sorted(
+                os.path.join(folder, n)
+                for n in os.listdir(folder)
+                if n.startswith(".") and n.endswith(".tmp")
+            )
         except FileNotFoundError:
             return []
 
@@ -117,15 +127,28 @@ class VisibilityWriter:
         registered = False
         if self.db is not None:
             try:
-                entry = make_entry(final, remote, self.archive, known_archives=None,
-                                   local_md5sum=md5, timestamp=float(chunk.times[0]))
+                entry = make_entry(
+                    final,
+                    remote,
+                    self.archive,
+                    known_archives=None,
+                    local_md5sum=md5,
+                    timestamp=float(chunk.times[0]),
+                )
                 self.db.add_files([entry])
                 registered = True
             except Exception as e:
-                raise WriteError(f"{final} written but not registered in the SupRsync "
-                                 f"database: {e}") from e
-        return WrittenFile(path=final, remote_path=remote, nbytes=nbytes, md5=md5,
-                           n_integrations=len(chunk.times), registered=registered)
+                raise WriteError(
+                    f"{final} written but not registered in the SupRsync database: {e}"
+                ) from e
+        return WrittenFile(
+            path=final,
+            remote_path=remote,
+            nbytes=nbytes,
+            md5=md5,
+            n_integrations=len(chunk.times),
+            registered=registered,
+        )
 
     def _write_hdf5(self, path: str, chunk: FileChunk) -> None:
         with h5py.File(path, "w") as f:
@@ -154,4 +177,3 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
-

@@ -3,12 +3,13 @@
 Pings the pipelines, schedules a short recording on all of them with ``"now"``, stops it,
 and prints the aggregated answers, the files written and the rows registered.
 """
+
 from __future__ import annotations
 
 import os
 import time
 
-from ...testing import wait_for
+from ..testing import wait_for
 
 
 def _args(inst: dict) -> dict:
@@ -56,29 +57,34 @@ def show(site_file: str, inst: dict, workdir: str, recording_s: float = 3.0) -> 
     lead = float(_first(args, "--now-lead", 15))
     time.sleep(lead + recording_s)
     reply = admin.stop(stop_mjd="now")
-    print(f"  stop(stop_mjd='now') -> success={reply.session['success']}; the recordings "
-          f"end {lead:g} s later, at the time the manager resolved once for all")
+    print(
+        f"  stop(stop_mjd='now') -> success={reply.session['success']}; the recordings "
+        f"end {lead:g} s later, at the time the manager resolved once for all"
+    )
     time.sleep(lead + 0.5)
 
     def idle():
         d = client.monitor.status().session.get("data") or {}
         return d if d.get("op_type") == "idle" else None
+
     mon = wait_for(idle, 30, "the pipelines to finish recording")
-    print(f"  monitor: summary={mon['summary']!r}, op_type={mon['op_type']!r}, "
-          f"info={mon['info']!r}")
+    print(
+        f"  monitor: summary={mon['summary']!r}, op_type={mon['op_type']!r}, info={mon['info']!r}"
+    )
 
     site = load_site_config(site_file)
-    recorders = {i["instance-id"]: _args(i) for i in
-                 site["hosts"]["localhost"]["agent-instances"]
-                 if i.get("agent-class") == "VisibilityRecorder"}
+    recorders = {
+        i["instance-id"]: _args(i)
+        for i in site["hosts"]["localhost"]["agent-instances"]
+        if i.get("agent-class") == "VisibilityRecorder"
+    }
     db_paths = set()
     for pid, r in sorted(data.items()):
         folder = _abs(r["response"], workdir)
         files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         print(f"    {pid:<12} {len(files)} file(s) in {folder}")
         rargs = recorders.get(pid, {})
-        db_paths.add(_abs(_first(rargs, "--db-path", "/data/so/databases/suprsync.db"),
-                          workdir))
+        db_paths.add(_abs(_first(rargs, "--db-path", "/data/so/databases/suprsync.db"), workdir))
     for db_path in sorted(db_paths):
         db = SupRsyncDB(db_path, create_all=False)
         try:

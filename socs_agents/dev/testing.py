@@ -3,6 +3,7 @@
 Each :class:`LocalSite` gets its own port and a realm of its own, so an agent left over from
 another run (same instance-id, still retrying its connection) can never answer for a new one.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,11 +13,11 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import yaml
 
-from . import hub
+from .. import hub
 
 AGENT_START_TIMEOUT = 30.0
 
@@ -33,8 +34,9 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.05) -> object:
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> object:
     """Poll ``condition`` until it returns something true; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -55,8 +57,13 @@ class LocalSite:
         port: the hub's port (a free one by default).
     """
 
-    def __init__(self, workdir: str, instances: Sequence[dict] = (),
-                 port: Optional[int] = None, realm: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        instances: Sequence[dict] = (),
+        port: int | None = None,
+        realm: str | None = None,
+    ) -> None:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.port = port or free_port()
@@ -67,8 +74,8 @@ class LocalSite:
         os.makedirs(self.log_dir, exist_ok=True)
         self.instances: list[dict] = list(instances)
         self.agents: list[AgentProcess] = []
-        self.hub_start_seconds: Optional[float] = None
-        self.hub_pid: Optional[int] = None
+        self.hub_start_seconds: float | None = None
+        self.hub_pid: int | None = None
         self.write_site_config()
 
     @property
@@ -85,17 +92,24 @@ class LocalSite:
         return hub.hub_settings(self.hub_section)
 
     def write_site_config(self) -> None:
-        data = {"hub": self.hub_section,
-                "hosts": {"localhost": {"log-dir": self.log_dir,
-                                        "agent-instances": self.instances}}}
+        data = {
+            "hub": self.hub_section,
+            "hosts": {"localhost": {"log-dir": self.log_dir, "agent-instances": self.instances}},
+        }
         with open(self.site_file, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False)
 
-    def add_instance(self, agent_class: str, instance_id: str,
-                     arguments: Sequence[Sequence] = ()) -> None:
+    def add_instance(
+        self, agent_class: str, instance_id: str, arguments: Sequence[Sequence] = ()
+    ) -> None:
         self.instances = [i for i in self.instances if i["instance-id"] != instance_id]
-        self.instances.append({"agent-class": agent_class, "instance-id": instance_id,
-                               "arguments": [list(a) for a in arguments]})
+        self.instances.append(
+            {
+                "agent-class": agent_class,
+                "instance-id": instance_id,
+                "arguments": [list(a) for a in arguments],
+            }
+        )
         self.write_site_config()
 
     @property
@@ -111,6 +125,7 @@ class LocalSite:
 
     def client(self, instance_id: str, privs=None):
         from ocs.ocs_client import OCSClient
+
         return OCSClient(instance_id, privs=privs, args=self.client_args)
 
     def answers(self, instance_id: str) -> bool:
@@ -120,13 +135,18 @@ class LocalSite:
         except Exception:
             return False
 
-    def start_agent(self, instance_id: str, extra_args: Sequence[str] = (),
-                    timeout: float = AGENT_START_TIMEOUT,
-                    python: Optional[str] = None) -> "AgentProcess":
+    def start_agent(
+        self,
+        instance_id: str,
+        extra_args: Sequence[str] = (),
+        timeout: float = AGENT_START_TIMEOUT,
+        python: str | None = None,
+    ) -> AgentProcess:
         """Run ``ocs-agent-cli`` for an instance of the site-config; wait until callable."""
         if self.answers(instance_id):
-            raise RuntimeError(f"an agent already answers as {instance_id!r}; refusing to "
-                               "start a second one")
+            raise RuntimeError(
+                f"an agent already answers as {instance_id!r}; refusing to start a second one"
+            )
         agent = AgentProcess(self, instance_id, extra_args, python)
         self.agents.append(agent)
         agent.start()
@@ -139,7 +159,7 @@ class LocalSite:
         self.agents.clear()
         self.stop_hub()
 
-    def __enter__(self) -> "LocalSite":
+    def __enter__(self) -> LocalSite:
         self.start_hub()
         return self
 
@@ -150,18 +170,33 @@ class LocalSite:
 class AgentProcess:
     """One agent instance run as ``python -m ocs.agent_cli`` in a process group of its own."""
 
-    def __init__(self, site: LocalSite, instance_id: str, extra_args: Sequence[str] = (),
-                 python: Optional[str] = None):
+    def __init__(
+        self,
+        site: LocalSite,
+        instance_id: str,
+        extra_args: Sequence[str] = (),
+        python: str | None = None,
+    ):
         self.site = site
         self.instance_id = instance_id
         self.log_path = os.path.join(site.log_dir, f"{instance_id}.out")
         # ``python``: another environment's interpreter (benchmarks run socs's agents).
         self.python = python or sys.executable
-        self.cmd = [self.python, "-u", "-m", "ocs.agent_cli", "--instance-id", instance_id,
-                    *site.client_args, "--crossbar-timeout", "20", *extra_args]
-        self.proc: Optional[subprocess.Popen] = None
-        self.started_at: Optional[float] = None
-        self.callable_after: Optional[float] = None
+        self.cmd = [
+            self.python,
+            "-u",
+            "-m",
+            "ocs.agent_cli",
+            "--instance-id",
+            instance_id,
+            *site.client_args,
+            "--crossbar-timeout",
+            "20",
+            *extra_args,
+        ]
+        self.proc: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self.callable_after: float | None = None
 
     def start(self) -> None:
         env = dict(os.environ, OCS_CONFIG_DIR=self.site.workdir, PYTHONUNBUFFERED="1")
@@ -169,9 +204,15 @@ class AgentProcess:
         env["PATH"] = os.path.dirname(self.python) + os.pathsep + env.get("PATH", "")
         self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env,
-                                     start_new_session=True, cwd=self.site.workdir)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd=self.site.workdir,
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -179,12 +220,15 @@ class AgentProcess:
     def wait_callable(self, timeout: float = AGENT_START_TIMEOUT):
         def ready():
             if not self.alive():
-                raise RuntimeError(f"agent {self.instance_id} exited with code "
-                                   f"{self.proc.returncode}; log:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"agent {self.instance_id} exited with code "
+                    f"{self.proc.returncode}; log:\n{self.log_tail()}"
+                )
             try:
                 return self.site.client(self.instance_id)
             except Exception:
                 return None
+
         client = wait_for(ready, timeout, f"agent {self.instance_id} to register")
         self.callable_after = time.monotonic() - self.started_at
         return client
@@ -204,7 +248,7 @@ class AgentProcess:
         if self.alive():
             os.killpg(self.proc.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> Optional[int]:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Ask the agent to stop (graceful for SIGTERM/SIGINT); SIGKILL after ``timeout``."""
         if self.proc is None:
             return None
@@ -230,8 +274,9 @@ class FeedSubscriber:
     publishes it.
     """
 
-    def __init__(self, site: LocalSite, instance_id: str, feed_name: str,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, site: LocalSite, instance_id: str, feed_name: str, timeout: float = 10.0
+    ) -> None:
         import asyncio
         import threading
 
@@ -245,8 +290,9 @@ class FeedSubscriber:
 
         class _Session(ApplicationSession):
             async def onJoin(self, details):
-                await self.subscribe(lambda *args, **kw: owner.messages.append(args[0]),
-                                     owner.topic)
+                await self.subscribe(
+                    lambda *args, **kw: owner.messages.append(args[0]), owner.topic
+                )
                 owner._session = self
                 owner._ready.set()
 
@@ -268,6 +314,7 @@ class FeedSubscriber:
                 self._session.leave()
             finally:
                 self._loop.call_later(0.2, self._loop.stop)
+
         self._loop.call_soon_threadsafe(leave)
         self._thread.join(timeout=5)
 
@@ -309,11 +356,13 @@ class WampCaller:
 
     def run(self, coroutine, timeout: float = 120.0):
         import asyncio
+
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def call(self, uri: str, *args, **kwargs):
         async def one():
             return await self.session.call(uri, *args, **kwargs)
+
         return self.run(one())
 
     def close(self) -> None:
@@ -322,5 +371,6 @@ class WampCaller:
                 self.session.leave()
             finally:
                 self.loop.call_later(0.2, self.loop.stop)
+
         self.loop.call_soon_threadsafe(leave)
         self._thread.join(timeout=5)

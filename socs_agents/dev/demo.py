@@ -4,6 +4,7 @@ Start brings up the hub, then ocs's HostManager, which launches every agent the 
 lists for ``localhost``; it waits until each answers, shows them working, and leaves them
 running. Stop ends the HostManager (and with it its agents) and the hub.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional
 
-from . import hub
-from .hub.control import _pid_alive, state_dir
+from .. import hub
+from ..hub.control import _pid_alive, state_dir
 from .testing import wait_for
 
 
@@ -31,6 +31,7 @@ def _instances(site: dict) -> list[dict]:
 
 def _client(site_file: str, instance_id: str):
     from ocs.ocs_client import OCSClient
+
     return OCSClient(instance_id, args=["--site-file", site_file, "--site-host", "localhost"])
 
 
@@ -50,8 +51,9 @@ def _show_operations(site_file: str, inst: dict) -> None:
 
 def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
     """Send simulated smurf files to the monitor; show the rows and the session feed."""
-    from .db.suprsync import SupRsyncDB
+    from ..db.suprsync import SupRsyncDB
     from .sim.smurf import SmurfSimulator
+
     args = {a[0]: a[1] for a in inst.get("arguments", []) if len(a) == 2}
     workdir = _demo_dir()
     db_path = args.get("--db-path", "/data/so/databases/suprsync.db")
@@ -59,8 +61,11 @@ def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
         db_path = os.path.join(workdir, db_path)  # agents run in the HostManager's folder
     client = _client(site_file, inst["instance-id"])
     before = client.run.status().session.get("data", {}).get("counters", {})
-    sim = SmurfSimulator(os.path.join(workdir, "smurf_data"), args.get("--udp-host",
-                         "127.0.0.1"), int(args.get("--udp-port", 8200)))
+    sim = SmurfSimulator(
+        os.path.join(workdir, "smurf_data"),
+        args.get("--udp-host", "127.0.0.1"),
+        int(args.get("--udp-port", 8200)),
+    )
     files = sim.files(20, g3_every=5)
     t0 = time.monotonic()
     sim.send_paced([dg for _, dg in files] + [sim.session_data(), sim.metadata()], rate=200)
@@ -71,41 +76,52 @@ def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
         data = client.run.status().session.get("data", {})
         c = data.get("counters", {})
         return data if c.get("files_announced", 0) >= want and not data.get("pending") else None
+
     data = wait_for(caught_up, 15, "the monitor to register the simulated files")
-    print(f"\n{inst['instance-id']}: simulator wrote {len(files)} files under "
-          f"{sim.root} and announced them over UDP; the run session (refreshed every "
-          f"second) showed all of them settled {time.monotonic() - t0:.2f} s after the first "
-          "was sent")
+    print(
+        f"\n{inst['instance-id']}: simulator wrote {len(files)} files under "
+        f"{sim.root} and announced them over UDP; the run session (refreshed every "
+        f"second) showed all of them settled {time.monotonic() - t0:.2f} s after the first "
+        "was sent"
+    )
     c = data["counters"]
-    print(f"  counters: received {c['received']}, registered {c['registered']}, duplicates "
-          f"{c['duplicates']}, session messages {c['session_messages']}, metadata "
-          f"{c['metadata']}; rejected {sum(data['rejected'].values())}")
+    print(
+        f"  counters: received {c['received']}, registered {c['registered']}, duplicates "
+        f"{c['duplicates']}, session messages {c['session_messages']}, metadata "
+        f"{c['metadata']}; rejected {sum(data['rejected'].values())}"
+    )
     db = SupRsyncDB(db_path, create_all=False)
     try:
         print(f"  SupRsync database {db_path}: {db.archives()}")
         for row in db.files(limit=4):
             print(f"    {row['archive_name']:<11} {row['remote_path']}")
-        print(f"  timecode dirs: {[(t['archive_name'], t['timecode']) for t in db.timecode_dirs()]}")
+        print(
+            f"  timecode dirs: {[(t['archive_name'], t['timecode']) for t in db.timecode_dirs()]}"
+        )
     finally:
         db.close()
     print(f"  look further: .venv/bin/suprsync-db --db {db_path} list")
 
 
 def _show_file_orchestrator(site_file: str, inst: dict) -> None:
-    from .agents.file_orchestrator.showcase import show
+    from .showcases.file_orchestrator import show
+
     show(site_file, inst, _demo_dir())
 
 
 def _show_visibility_manager(site_file: str, inst: dict) -> None:
     """One call through the manager drives every pipeline (see the showcase module)."""
-    from .agents.visibility_manager.showcase import show
+    from .showcases.visibility import show
+
     show(site_file, inst, _demo_dir())
 
 
 #: agent class -> what the demo shows of it once it answers
-SHOWCASES: dict = {"PysmurfMonitor": _show_pysmurf_monitor,
-                   "FileOrchestrator": _show_file_orchestrator,
-                   "VisibilityManager": _show_visibility_manager}
+SHOWCASES: dict = {
+    "PysmurfMonitor": _show_pysmurf_monitor,
+    "FileOrchestrator": _show_file_orchestrator,
+    "VisibilityManager": _show_visibility_manager,
+}
 
 
 def start(site_file: str, timeout: float = 60.0) -> int:
@@ -117,12 +133,18 @@ def start(site_file: str, timeout: float = 60.0) -> int:
         print(f"hub already running at {settings.wamp_server}")
     else:
         _, seconds = hub.start(settings)
-        print(f"hub up in {seconds:.2f} s at {settings.wamp_server} "
-              f"(node dir {hub.default_node_dir(settings)})")
+        print(
+            f"hub up in {seconds:.2f} s at {settings.wamp_server} "
+            f"(node dir {hub.default_node_dir(settings)})"
+        )
 
     managers = [i for i in _instances(site) if i.get("agent-class") == "HostManager"]
-    managed = [i for i in _instances(site) if i.get("agent-class") != "HostManager"
-               and i.get("manage", "host/up") in ("host/up", "host", "up", "yes")]
+    managed = [
+        i
+        for i in _instances(site)
+        if i.get("agent-class") != "HostManager"
+        and i.get("manage", "host/up") in ("host/up", "host", "up", "yes")
+    ]
     if not managers:
         print("site-config lists no HostManager for localhost; nothing to launch")
         return 1
@@ -130,30 +152,49 @@ def start(site_file: str, timeout: float = 60.0) -> int:
     if _try_client(site_file, hm_id) is None:
         log = open(os.path.join(workdir, f"{hm_id}.log"), "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ocs.agent_cli", "--instance-id", hm_id,
-             "--site-file", site_file, "--site-host", "localhost", "--working-dir", workdir],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "ocs.agent_cli",
+                "--instance-id",
+                hm_id,
+                "--site-file",
+                site_file,
+                "--site-host",
+                "localhost",
+                "--working-dir",
+                workdir,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            start_new_session=True,
+        )
         with open(os.path.join(workdir, "hostmanager.pid"), "w") as f:
             f.write(str(proc.pid))
     t0 = time.monotonic()
     wait_for(lambda: _try_client(site_file, hm_id), timeout, f"HostManager {hm_id}")
-    print(f"HostManager {hm_id} answering after {time.monotonic() - t0:.2f} s; it launches "
-          f"{len(managed)} agent(s) of the site-config")
+    print(
+        f"HostManager {hm_id} answering after {time.monotonic() - t0:.2f} s; it launches "
+        f"{len(managed)} agent(s) of the site-config"
+    )
     for inst in managed:
         iid = inst["instance-id"]
-        wait_for(lambda: _try_client(site_file, iid), timeout, f"agent {iid}")
+        wait_for(lambda iid=iid: _try_client(site_file, iid), timeout, f"agent {iid}")
         print(f"  {inst['agent-class']:<20} {iid:<24} answering")
 
     for inst in managed:
         SHOWCASES.get(inst["agent-class"], _show_operations)(site_file, inst)
 
     target, op = (managed[0]["instance-id"], "run") if managed else (hm_id, "manager")
-    print("\nThe site keeps running. Try, from this folder:\n"
-          f"  .venv/bin/python -c \"from ocs.ocs_client import OCSClient; "
-          f"print(OCSClient('{target}', args=['--site-file', 'site-config.yaml'])"
-          f".{op}.status())\"\n"
-          "Stop everything with:  make demo-stop")
+    print(
+        "\nThe site keeps running. Try, from this folder:\n"
+        f'  .venv/bin/python -c "from ocs.ocs_client import OCSClient; '
+        f"print(OCSClient('{target}', args=['--site-file', 'site-config.yaml'])"
+        f'.{op}.status())"\n'
+        "Stop everything with:  make demo-stop"
+    )
     return 0
 
 
@@ -161,7 +202,7 @@ def stop(site_file: str) -> int:
     site = hub.load_site_config(site_file)
     settings = hub.hub_settings(site["hub"])
     pid_file = os.path.join(_demo_dir(), "hostmanager.pid")
-    pid: Optional[int] = None
+    pid: int | None = None
     try:
         with open(pid_file) as f:
             pid = int(f.read())

@@ -1,17 +1,17 @@
 """A small SNTP server for tests and the demo: answers on UDP with a clock of its own.
 
-    responder = SNTPResponder(offset=0.25).start()   # 127.0.0.1, a free port
-    ...query('127.0.0.1', responder.port)...
-    responder.close()
+responder = SNTPResponder(offset=0.25).start()   # 127.0.0.1, a free port
+...query('127.0.0.1', responder.port)...
+responder.close()
 """
+
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from typing import Optional
 
-from ..agents.visibility_recorder.sntp import MODE_CLIENT, MODE_SERVER, Packet, to_ntp
+from ...agents.visibility_recorder.sntp import MODE_CLIENT, MODE_SERVER, Packet, to_ntp
 
 
 class SNTPResponder:
@@ -24,8 +24,14 @@ class SNTPResponder:
         silent: receive but never answer (a dead server).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, offset: float = 0.0,
-                 stratum: int = 2, silent: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        offset: float = 0.0,
+        stratum: int = 2,
+        silent: bool = False,
+    ) -> None:
         self.offset = offset
         self.stratum = stratum
         self.silent = silent
@@ -35,9 +41,9 @@ class SNTPResponder:
         self._sock.settimeout(0.2)
         self.host, self.port = self._sock.getsockname()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> "SNTPResponder":
+    def start(self) -> SNTPResponder:
         self._thread = threading.Thread(target=self._serve, name="sntp-responder", daemon=True)
         self._thread.start()
         return self
@@ -46,7 +52,7 @@ class SNTPResponder:
         while not self._stop.is_set():
             try:
                 data, addr = self._sock.recvfrom(512)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -58,11 +64,18 @@ class SNTPResponder:
             self.requests += 1
             if self.silent or request.mode != MODE_CLIENT:
                 continue
-            reply = Packet(li=0, version=request.version, mode=MODE_SERVER,
-                           stratum=self.stratum, precision=-20,
-                           ref_id=b"LOCL" if self.stratum <= 1 else b"\x7f\x00\x00\x01",
-                           reference=to_ntp(received - 1), originate=request.transmit,
-                           receive=to_ntp(received), transmit=to_ntp(time.time() + self.offset))
+            reply = Packet(
+                li=0,
+                version=request.version,
+                mode=MODE_SERVER,
+                stratum=self.stratum,
+                precision=-20,
+                ref_id=b"LOCL" if self.stratum <= 1 else b"\x7f\x00\x00\x01",
+                reference=to_ntp(received - 1),
+                originate=request.transmit,
+                receive=to_ntp(received),
+                transmit=to_ntp(time.time() + self.offset),
+            )
             try:
                 self._sock.sendto(reply.encode(), addr)
             except OSError:
@@ -74,7 +87,7 @@ class SNTPResponder:
             self._thread.join(timeout=2)
         self._sock.close()
 
-    def __enter__(self) -> "SNTPResponder":
+    def __enter__(self) -> SNTPResponder:
         return self.start()
 
     def __exit__(self, *exc) -> None:
