@@ -94,7 +94,8 @@ def answering(settings: HubSettings, timeout: float = 0.5) -> bool:
 def status(settings: HubSettings, node_dir: str | None = None) -> HubStatus:
     node_dir = node_dir or default_node_dir(settings)
     pid = _read_pid(node_dir)
-    return HubStatus(node_dir, pid, _pid_alive(pid), answering(settings))
+    alive = _pid_alive(pid) and is_hub_process(pid, node_dir)
+    return HubStatus(node_dir, pid, alive, answering(settings))
 
 
 def _check_port_free(settings: HubSettings) -> None:
@@ -228,11 +229,31 @@ def _terminate(pid: int, timeout: float) -> bool:
     return True
 
 
+def is_hub_process(pid: int, node_dir: str) -> bool:
+    """True only if ``pid`` is a crossbar run from ``node_dir``: a stale ``hub.pid`` may name
+    a process id that the system has since given to another program, which must never be
+    signalled."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return False
+    if not any(os.path.basename(a).startswith("crossbar") for a in argv[:2]):
+        return False
+    try:
+        cbdir = argv[argv.index("--cbdir") + 1]
+    except (ValueError, IndexError):
+        return False
+    return os.path.realpath(cbdir) == os.path.realpath(node_dir)
+
+
 def stop(settings: HubSettings, node_dir: str | None = None, timeout: float = 10.0) -> bool:
-    """Stop the hub started from ``node_dir``; False if none was running."""
+    """Stop the hub started from ``node_dir``; False if none was running (a ``hub.pid``
+    naming another program is removed, and that program is left alone)."""
     node_dir = node_dir or default_node_dir(settings)
     pid = _read_pid(node_dir)
-    stopped = _terminate(pid, timeout) if pid else False
+    ours = bool(pid) and is_hub_process(pid, node_dir)
+    stopped = _terminate(pid, timeout) if ours else False
     try:
         os.remove(os.path.join(node_dir, "hub.pid"))
     except FileNotFoundError:

@@ -117,3 +117,33 @@ def test_port_check_refuses_a_listener_but_not_connections_left_in_time_wait():
     client.close()
     listener.close()
     _check_port_free(_settings(port))
+
+
+def test_hub_stop_never_signals_a_process_that_is_not_its_crossbar(tmp_path):
+    """A stale hub.pid naming another program (pid reused) must not get it killed."""
+    import subprocess
+
+    from socs_agents.hub import control
+
+    site = {
+        "hub": {
+            "wamp_server": "ws://127.0.0.1:18999/ws",
+            "wamp_http": "http://127.0.0.1:18999/call",
+            "wamp_realm": "r",
+            "address_root": "observatory",
+        }
+    }
+    settings = hub_settings(site["hub"])
+    node_dir = tmp_path / "hub"
+    node_dir.mkdir()
+    bystander = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        (node_dir / "hub.pid").write_text(str(bystander.pid))
+        assert not control.is_hub_process(bystander.pid, str(node_dir))
+        assert not control.status(settings, str(node_dir)).alive
+        assert control.stop(settings, str(node_dir), timeout=1) is False
+        assert bystander.poll() is None, "the bystander was signalled"
+        assert not (node_dir / "hub.pid").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
