@@ -117,7 +117,8 @@ class LocalSite:
         return ["--site-file", self.site_file, "--site-host", "localhost"]
 
     def start_hub(self) -> float:
-        self.hub_pid, self.hub_start_seconds = hub.start(self.settings, self.node_dir)
+        # generous: a loaded 2-core machine has taken over 20 s to bring crossbar up
+        self.hub_pid, self.hub_start_seconds = hub.start(self.settings, self.node_dir, 60.0)
         return self.hub_start_seconds
 
     def stop_hub(self) -> None:
