@@ -73,6 +73,8 @@ class LocalSite:
         self.log_dir = os.path.join(self.workdir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.instances: list[dict] = list(instances)
+        #: host blocks besides ``localhost`` (a multi-host site on one machine)
+        self.other_hosts: dict[str, list[dict]] = {}
         self.agents: list[AgentProcess] = []
         self.hub_start_seconds: float | None = None
         self.hub_pid: int | None = None
@@ -92,10 +94,10 @@ class LocalSite:
         return hub.hub_settings(self.hub_section)
 
     def write_site_config(self) -> None:
-        data = {
-            "hub": self.hub_section,
-            "hosts": {"localhost": {"log-dir": self.log_dir, "agent-instances": self.instances}},
-        }
+        hosts = {"localhost": {"log-dir": self.log_dir, "agent-instances": self.instances}}
+        for host, instances in self.other_hosts.items():
+            hosts[host] = {"log-dir": self.log_dir, "agent-instances": instances}
+        data = {"hub": self.hub_section, "hosts": hosts}
         with open(self.site_file, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False)
 
@@ -110,6 +112,21 @@ class LocalSite:
                 "arguments": [list(a) for a in arguments],
             }
         )
+        self.write_site_config()
+
+    def add_host_instance(
+        self, host: str, agent_class: str, instance_id: str, arguments: Sequence[Sequence] = ()
+    ) -> None:
+        """An instance in the block of ``host`` (run it with ``--site-host host``)."""
+        entries = [i for i in self.other_hosts.get(host, []) if i["instance-id"] != instance_id]
+        entries.append(
+            {
+                "agent-class": agent_class,
+                "instance-id": instance_id,
+                "arguments": [list(a) for a in arguments],
+            }
+        )
+        self.other_hosts[host] = entries
         self.write_site_config()
 
     @property
