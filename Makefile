@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-stop test lint unit docs benchmarks clean
+.PHONY: demo demo-stop test lint unit docs test-lowest benchmarks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,12 @@ test: $(VENV)/.installed lint docs
 unit: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not integration"
 
+# The lowest versions pyproject.toml allows, resolved by uv, in a venv of their own.
+test-lowest: $(VENV)/.installed
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv venv -q --allow-existing -p $(PY) .venv-lowest
+	VIRTUAL_ENV=.venv-lowest $(VENV)/bin/uv pip install -q --resolution lowest-direct -e '.[test,sim]'
+	.venv-lowest/bin/python -m pytest -q -ra
+
 clean:
-	rm -rf $(VENV) docs/_build .pytest_cache
+	rm -rf $(VENV) .venv-lowest docs/_build .pytest_cache

@@ -232,19 +232,29 @@ def _terminate(pid: int, timeout: float) -> bool:
 def is_hub_process(pid: int, node_dir: str) -> bool:
     """True only if ``pid`` is a crossbar run from ``node_dir``: a stale ``hub.pid`` may name
     a process id that the system has since given to another program, which must never be
-    signalled."""
+    signalled.
+
+    Crossbar renames its process (``crossbar-controller``), so the check reads the process
+    name, then the ``node.pid`` that crossbar writes into its node dir (its pid and argv).
+    """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return False
-    if not any(os.path.basename(a).startswith("crossbar") for a in argv[:2]):
+    if not argv or not any(os.path.basename(a).startswith("crossbar") for a in argv[:2]):
         return False
     try:
+        with open(os.path.join(node_dir, "node.pid")) as f:
+            recorded = json.load(f)
+        return int(recorded["pid"]) == pid
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    # no node.pid yet (crossbar still starting): its own argv names the node dir
+    if "--cbdir" in argv[:-1]:
         cbdir = argv[argv.index("--cbdir") + 1]
-    except (ValueError, IndexError):
-        return False
-    return os.path.realpath(cbdir) == os.path.realpath(node_dir)
+        return os.path.realpath(cbdir) == os.path.realpath(node_dir)
+    return False
 
 
 def stop(settings: HubSettings, node_dir: str | None = None, timeout: float = 10.0) -> bool:
