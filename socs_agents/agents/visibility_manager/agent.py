@@ -329,9 +329,15 @@ class VisibilityManager:
                  'op_type': '2 recording; 0 idle; 1 timed out',
                  'op_tag': '20261121_101515_slow_drvs-1; 20261121_101515_slow_drvs-2',
                  'n_pipelines': 3, 'n_stale': 1,
+                 'cleared': '', 'cleared_at': None,
+                 'counters': {'unreadable_status': 0, 'unknown_pipeline': 0},
                  'pipelines': {'drvs-1': {'summary': 'normal', 'info': 'recording ...',
                                           'op_type': 'recording', 'op_tag': '...',
                                           'age_s': 1.2, 'stale': False}, ...}}
+
+            ``counters`` (the feed's ``n_<reason>``) count status messages ignored:
+            ``unreadable_status`` (not the feed's shape), ``unknown_pipeline`` (more
+            pipelines than ``--max-pipelines`` publish).
         """
         interval = params["interval"] or self.args.monitor_interval
         self._monitor_on = True
@@ -467,8 +473,14 @@ def main(args: list | None = None) -> None:
     agent.register_task("sync", manager.sync, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("start", manager.start, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("stop", manager.stop, blocking=False, min_privs=CONTROL_PRIVS)
+    # Stopping the monitoring changes what operators see: level 2, as the other controls.
     agent.register_process(
-        "monitor", manager.monitor, manager._stop_monitor, blocking=False, startup=True
+        "monitor",
+        manager.monitor,
+        manager._stop_monitor,
+        blocking=False,
+        startup=True,
+        min_privs=CONTROL_PRIVS,
     )
     runner.run(agent, auto_reconnect=True)
 

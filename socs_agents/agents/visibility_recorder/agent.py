@@ -323,6 +323,7 @@ class VisibilityRecorder:
             failure.trap(runtime.QueueFull, runtime.WorkerStopped)
             if failure.check(runtime.WorkerStopped):
                 return False, SHUTTING_DOWN, {}
+            self.engine.count("requests_busy", f"request refused: {failure.value}")
             return False, f"the recorder is busy: {failure.value}", {}
 
         return d.addErrback(refused)
@@ -363,8 +364,10 @@ class VisibilityRecorder:
         op = self.agent.tasks.get(op_name) if work is not None else None
         if work is None or op is None:
             shown = op_name if isinstance(op_name, str) and len(op_name) < 64 else "?"
+            self.engine.count("direct_bad_request", f"direct call of unknown {shown!r} refused")
             return defer.succeed(answer((False, NO_SUCH_OPERATION.format(op_name=shown), {})))
         if params is not None and not isinstance(params, dict):
+            self.engine.count("direct_bad_request", f"direct {op_name}: params not a dict")
             return defer.succeed(answer((False, "params must be a dict", {})))
         if password is not None and not isinstance(password, str):
             password = None
@@ -375,7 +378,9 @@ class VisibilityRecorder:
             self._contexts[op_name],
         )
         if level < op.min_privs:
-            self.log.info("rejected underprivileged direct {op} request", op=op_name)
+            self.engine.count(
+                "direct_underprivileged", f"rejected underprivileged direct {op_name} request"
+            )
             return defer.succeed(
                 answer((False, access.agent_rejection_message(level, op.min_privs, detail), {}))
             )
@@ -384,6 +389,7 @@ class VisibilityRecorder:
             try:
                 params = ocs_agent.ParamHandler(params or {}).batch(prescreen)
             except ocs_agent.ParamError as e:
+                self.engine.count("direct_bad_request", f"direct {op_name} refused: {e.msg}")
                 return defer.succeed(answer((False, e.msg, {})))
         func, worker = work
         # Blocking work (SQLite, the network) leaves the reactor; ping stays on it, like
@@ -420,7 +426,9 @@ class VisibilityRecorder:
         Notes:
             ``summary`` is ``booting``, ``normal``, ``warning`` (disk above
             ``--disk-warning`` %), ``error`` (disk above ``--disk-error`` %, a failed file
-            write, move or registration, a dead thread) or ``shutdown``::
+            write, a file refused or waiting for registration, a dead thread) or
+            ``shutdown``. ``counters`` counts every refusal and fault by reason (the docs
+            page says what to do about each); the feed has them as ``n_<reason>``::
 
                 >>> response.session['data']
                 {'timestamp': 1700000000.0, 'mode': 'slow', 'pipeline_id': 'drvs-1',
@@ -428,7 +436,14 @@ class VisibilityRecorder:
                  'op_type': 'recording', 'op_tag': '20261121_101515_slow_drvs-1',
                  'disk_size': 1000000000000, 'disk_free': 400000000000,
                  'disk_used_pct': 60.0, 'files_written': 12, 'bytes_written': 1843200,
-                 'write_errors': 0, 'last_file': '/data/drv/20261121_.../..._00011.h5',
+                 'write_errors': 0, 'files_registered': 12, 'pending_registration': 0,
+                 'counters': {'write_failed': 0, 'writer_backlog_full': 0,
+                              'outside_allowed_root': 0, 'register_refused': 0,
+                              'database_locked': 0, 'database_error': 0,
+                              'retry_list_full': 0, 'unreadable_file': 0,
+                              'rescan_failed': 0, 'direct_underprivileged': 0,
+                              'direct_bad_request': 0, 'requests_busy': 0},
+                 'last_file': '/data/drv/20261121_.../..._00011.h5',
                  'last_error': '', 'data_rate': 30720.0, 'resumed': ''}
         """
         interval = params["interval"] or self.args.monitor_interval
@@ -617,7 +632,14 @@ def main(args: list | None = None) -> None:
     agent.register_task("sync", recorder.sync, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("start", recorder.start, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("stop", recorder.stop, blocking=False, min_privs=CONTROL_PRIVS)
-    agent.register_process("monitor", recorder.monitor, recorder._stop_monitor, startup=True)
+    # Stopping the monitoring changes what operators see: level 2, as the other controls.
+    agent.register_process(
+        "monitor",
+        recorder.monitor,
+        recorder._stop_monitor,
+        startup=True,
+        min_privs=CONTROL_PRIVS,
+    )
     agent.on("join", recorder.register_direct)
     recorder.engine.start()
     reactor.addSystemEventTrigger("before", "shutdown", recorder.shutdown)

@@ -54,6 +54,9 @@ COUNTERS = (
     "retry_list_full",  # a failed registration beyond the retry bound: left for the restart
     "unreadable_file",  # a complete-looking file found at start that is not readable
     "rescan_failed",  # the look-up of unregistered files at start failed: retried
+    "direct_underprivileged",  # a direct call without the credential level it needs
+    "direct_bad_request",  # a direct call with an unknown operation or bad parameters
+    "requests_busy",  # a request refused: the request worker's queue was full
 )
 
 
@@ -408,11 +411,16 @@ class RecordingEngine:
         except runtime.WorkerStopped:
             pass  # shutting down: the recording resumes at the next start
 
-    def _fault(self, reason: str, text: str, level: str = "error") -> None:
-        """Count a refusal or fault and log it (at most one line per reason every 10 s)."""
+    def count(self, reason: str, text: str, level: str = "warn") -> None:
+        """Count a refusal (any thread) and log it, at most one line per reason every
+        10 s; a refusal of a caller is not an error of the pipeline."""
         self.counters[reason] += 1
-        self.last_error = text
         self._report_limited(reason, level, f"{text} [{reason}: {self.counters[reason]}]")
+
+    def _fault(self, reason: str, text: str) -> None:
+        """Count a fault of the pipeline: logged as :meth:`count`, kept in ``last_error``."""
+        self.last_error = text
+        self.count(reason, text, "error")
 
     # ---- the writer thread ---------------------------------------------------------------
 
