@@ -179,9 +179,26 @@ def test_direct_procedure_checks_credentials(fleet, site):
         assert (
             caller.call(uri, "abort", {}, password=PW3)["message"] == 'No operation called "abort"'
         )
+        # Hostile shapes are answers, not crashes, and are counted.
+        assert caller.call(uri, 12, {}, password=PW3)["message"] == 'No operation called "?"'
+        assert caller.call(uri, "start", [1, 2], password=PW3)["message"] == (
+            "params must be a dict"
+        )
+        huge = caller.call(uri, "start", {"start_mjd": 10**30, "start_mpm": 0}, password=PW2)
+        assert huge["success"] is False and huge["message"].startswith("start_mjd must be")
+        inf = caller.call(uri, "sync", {"server": "127.0.0.1", "timeout": 1e308}, password=PW2)
+        assert inf["success"] is False and "Param 'timeout'" in inf["message"]
     finally:
         caller.close()
     assert all(not ops for ops in map(fleet.schedule, RECORDERS))
+    counters = wait_for(
+        lambda: (lambda c: c if c["direct_bad_request"] >= 4 else None)(
+            fleet.client(RECORDERS[0]).monitor.status().session["data"]["counters"]
+        ),
+        5,
+        "the refusals counted",
+    )
+    assert counters["direct_underprivileged"] >= 9
 
 
 def test_start_stop_files_registered_and_errors(fleet):
