@@ -245,3 +245,20 @@ def test_retry_list_is_bounded(tmp_path):
         wait_for(lambda: db.count() >= written, 10, "every file registered after restart")
     finally:
         engine2.shutdown()
+
+
+def test_files_found_at_start_beyond_the_bound_are_registered_in_turn(tmp_path):
+    """More unregistered files than --max-retry-files: the scan holds at most that many
+    paths at once and scans again when they are done, until every file is registered."""
+    data = tmp_path / "data"
+    unregistered = VisibilityWriter(str(data), "fast", "p1", 0.1, None, "drv_fast")
+    paths = [unregistered.write(chunk(tag=TAG, index=i)).path for i in range(7)]
+    db = SupRsyncDB(str(tmp_path / "suprsync.db"))
+    engine, _ = make_engine(tmp_path, db=db, max_retry_files=3)
+    engine.start()
+    try:
+        wait_for(lambda: engine.files_registered == 7, 10, "all 7 registered")
+        assert len(engine._leftovers) == 0 and engine.pending_registration == 0
+    finally:
+        engine.shutdown()
+    assert sorted(r["local_path"] for r in db.files()) == paths

@@ -41,6 +41,12 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 #: When the look-up of unregistered files at start failed, it is tried again after this long.
 RESCAN_AFTER_S = 30.0
+#: What a registration attempt gave.
+REGISTERED, REFUSED, FAILED_NOW = "registered", "refused", "failed"
+#: Files per registration transaction when catching up (retries, files found at start).
+REGISTER_BATCH = 200
+#: Files found at start read back (md5) between two new files.
+LEFTOVER_BATCH = 20
 
 #: Every refusal and fault the engine counts (``status()['counters']``, the feed's
 #: ``n_<reason>`` fields); the docs page says what to do about each.
@@ -163,6 +169,8 @@ class RecordingEngine:
             collections.OrderedDict()
         )
         self._rescan_at: float | None = None
+        self._leftovers: collections.deque[str] = collections.deque()
+        self._leftovers_beyond = False
         self._recent: collections.deque = collections.deque()
         self._files_per_op: dict[int, int] = {}
         self._next_index: dict[int, int] = {}
@@ -423,13 +431,20 @@ class RecordingEngine:
         self.count(reason, text, "error")
 
     # ---- the writer thread ---------------------------------------------------------------
+    #
+    # New files first; between them, failed registrations when their retry is due and the
+    # files found unregistered at start, a batch at a time (one transaction each), so a
+    # catch-up never holds back the files being recorded.
 
     def _write_loop(self) -> None:
-        self._register_leftovers()
+        self._find_leftovers()
         while True:
-            for op_id, chunk in self._files.get_batch(self._retry_wait()):
+            for op_id, chunk in self._files.get_batch(self._idle_wait()):
                 self._write(op_id, chunk)
+            if self._rescan_at is not None and self._rescan_at <= time.monotonic():
+                self._find_leftovers()
             self._retry_due()
+            self._register_some_leftovers()
             if self._files.closed and not len(self._files):
                 return
 
@@ -447,24 +462,30 @@ class RecordingEngine:
         n = self._files_per_op.get(op_id, 0) + 1
         self._files_per_op[op_id] = n
         self.schedule.mark_files(op_id, n)
-        if self._register(written, attempts=0):
-            self.write_error = ""
+        outcome = self._register([(written, 0)])
+        if outcome != FAILED_NOW:
             self._retry_all_now()  # the database answers again: catch up at once
+        if outcome == REGISTERED:
+            self.write_error = ""
 
-    def _register(self, written: WrittenFile, attempts: int) -> bool:
-        """Register one file; a fault puts it on the retry list. True when registered (or
-        when there is no database)."""
+    def _register(self, batch: list[tuple[WrittenFile, int]]) -> str:
+        """Register files (with their attempts so far): :data:`REGISTERED`; a refusal is
+        counted (:data:`REFUSED`); a database fault puts them all on the retry list
+        (:data:`FAILED_NOW`)."""
         try:
-            if self.writer.register(written):
-                self.files_registered += 1
-            return True
+            registered, refused = self.writer.register_batch([w for w, _ in batch])
         except RegistrationError as e:
+            self.write_error = f"not registered: {e}"
+            self._fault(e.reason, self.write_error)
+            for written, attempts in batch:
+                self._keep_for_retry(written, attempts + 1)
+            return FAILED_NOW
+        self.files_registered += len(registered)
+        for _written, e in refused:
             reason = e.reason if e.reason in self.counters else "register_refused"
             self.write_error = f"not registered: {e}"
             self._fault(reason, self.write_error)
-            if e.retry:
-                self._keep_for_retry(written, attempts + 1)
-            return False
+        return REFUSED if refused else REGISTERED
 
     def _keep_for_retry(self, written: WrittenFile, attempts: int) -> None:
         if written.path not in self._retry and len(self._retry) >= self.config.max_retry_files:
@@ -482,8 +503,11 @@ class RecordingEngine:
         for path, (written, attempts, _due) in self._retry.items():
             self._retry[path] = (written, attempts, now)
 
-    def _retry_wait(self) -> float | None:
-        """Seconds until the next retry is due (None: nothing to retry)."""
+    def _idle_wait(self) -> float | None:
+        """How long the writer may wait for new files: until the next retry or rescan is
+        due, not at all while found files wait (None: until a file comes)."""
+        if self._leftovers:
+            return 0.0
         dues = [due for _, _, due in self._retry.values()]
         if self._rescan_at is not None:
             dues.append(self._rescan_at)
@@ -493,27 +517,26 @@ class RecordingEngine:
 
     def _retry_due(self) -> None:
         now = time.monotonic()
-        if self._rescan_at is not None and self._rescan_at <= now:
-            self._register_leftovers()
-        retried = False
-        for path, (written, attempts, due) in list(self._retry.items()):
-            if due > now:
-                continue
-            del self._retry[path]
-            retried = True
-            if not self._register(written, attempts):
-                break  # still failing: the others wait for their own turn
-        if retried and not self._retry:
+        due = [(w, attempts) for w, attempts, at in self._retry.values() if at <= now]
+        if not due:
+            return
+        for start in range(0, len(due), REGISTER_BATCH):
+            batch = due[start : start + REGISTER_BATCH]
+            for written, _ in batch:
+                del self._retry[written.path]
+            if self._register(batch) == FAILED_NOW:
+                return  # still failing: the others wait for their own turn
+        if not self._retry:
             self.write_error = ""  # every file is registered again
 
-    def _register_leftovers(self) -> None:
-        """At start: register every complete file of this pipeline that has no row yet
+    def _find_leftovers(self) -> None:
+        """At start: find the complete files of this pipeline that have no row yet
         (written before a crash, or whose registration failed before a restart)."""
         self._rescan_at = None
         if self.writer.db is None:
             return
         try:
-            files, unreadable = self.writer.unregistered_files()
+            paths = self.writer.unregistered_paths()
         except Exception as e:
             self._rescan_at = time.monotonic() + RESCAN_AFTER_S
             self._fault(
@@ -521,20 +544,30 @@ class RecordingEngine:
                 f"looking up unregistered files failed (again in {RESCAN_AFTER_S:g} s): {e}",
             )
             return
-        for path, why in unreadable:
-            self._fault("unreadable_file", f"{path} is not a readable visibility file: {why}")
-        failing = False
-        for written in files:
-            if failing:
-                self._keep_for_retry(written, attempts=1)
-            else:
-                failing = not self._register(written, attempts=0)
-        if files:
+        # Bounded: what does not fit is found by the next scan, once these are done.
+        self._leftovers = collections.deque(paths[: self.config.max_retry_files])
+        self._leftovers_beyond = len(paths) > self.config.max_retry_files
+        if paths:
             self.report(
                 "info",
-                f"{len(files)} file(s) written before this start had no SupRsync row: "
-                f"{len(files) - len(self._retry)} registered now, the others retried",
+                f"{len(paths)} file(s) written before this start have no SupRsync row: "
+                "registering them",
             )
+
+    def _register_some_leftovers(self) -> None:
+        if not self._leftovers:
+            return
+        batch = []
+        while self._leftovers and len(batch) < LEFTOVER_BATCH:
+            path = self._leftovers.popleft()
+            try:
+                batch.append((self.writer.describe(path), 0))
+            except ValueError as e:
+                self._fault("unreadable_file", f"{path} is not a readable visibility file: {e}")
+        if batch and self._register(batch) != FAILED_NOW:
+            self._retry_all_now()
+        if not self._leftovers and self._leftovers_beyond:
+            self._rescan_at = time.monotonic()
 
     @property
     def pending_registration(self) -> int:

@@ -176,7 +176,7 @@ class VisibilityWriter:
         )
 
     def register(self, written: WrittenFile) -> bool:
-        """Register a complete file (idempotent). False when there is no database.
+        """Register one complete file (idempotent). False when there is no database.
 
         Raises:
             RegistrationError: refused (outside the allowed roots, a bad entry) or failed
@@ -184,28 +184,58 @@ class VisibilityWriter:
         """
         if self.db is None:
             return False
-        try:
-            self.allowed_roots.check(written.path)
-            entry = make_entry(
-                written.path,
-                written.remote_path,
-                self.archive,
-                known_archives=None,
-                local_md5sum=written.md5,
-                timestamp=written.first_time,
-            )
-        except BadFileEntry as e:
-            raise RegistrationError(f"{written.path} refused: {e.reason}", e.code, False) from e
-        try:
-            self.db.add_files([entry])
-        except Exception as e:
-            reason = "database_locked" if runtime.is_locked(e) else "database_error"
-            raise RegistrationError(
-                f"{written.path} written but not registered in the SupRsync database: {e}",
-                reason,
-                True,
-            ) from e
-        return True
+        registered, refused = self.register_batch([written])
+        if refused:
+            raise refused[0][1]
+        return bool(registered)
+
+    def register_batch(
+        self, files: list[WrittenFile]
+    ) -> tuple[list[WrittenFile], list[tuple[WrittenFile, RegistrationError]]]:
+        """Register complete files in one transaction (idempotent): what a catch-up after a
+        fault calls, so that thousands of files cost one commit, not thousands.
+
+        Returns:
+            ``(registered, refused)``: the files now in the database, and the files the
+            rules refuse (never to be registered) with why.
+
+        Raises:
+            RegistrationError: ``retry=True``, the database failed; none was registered.
+        """
+        if self.db is None or not files:
+            return [], []
+        entries, accepted, refused = [], [], []
+        for written in files:
+            try:
+                self.allowed_roots.check(written.path)
+                entries.append(
+                    make_entry(
+                        written.path,
+                        written.remote_path,
+                        self.archive,
+                        known_archives=None,
+                        local_md5sum=written.md5,
+                        timestamp=written.first_time,
+                    )
+                )
+                accepted.append(written)
+            except BadFileEntry as e:
+                error = RegistrationError(f"{written.path} refused: {e.reason}", e.code, False)
+                refused.append((written, error))
+        if entries:
+            try:
+                self.db.add_files(entries)
+            except Exception as e:
+                reason = "database_locked" if runtime.is_locked(e) else "database_error"
+                names = accepted[0].path + (
+                    f" and {len(accepted) - 1} more" if accepted[1:] else ""
+                )
+                raise RegistrationError(
+                    f"{names} written but not registered in the SupRsync database: {e}",
+                    reason,
+                    True,
+                ) from e
+        return accepted, refused
 
     # ---- after a restart -----------------------------------------------------------------
 
@@ -234,43 +264,40 @@ class VisibilityWriter:
                 found.update(session.scalars(stmt))
         return found
 
-    def unregistered_files(self) -> tuple[list[WrittenFile], list[tuple[str, str]]]:
+    def unregistered_paths(self) -> list[str]:
         """The complete files of this pipeline that have no SupRsync row (a registration
-        failed, or the agent stopped between writing and registering).
-
-        Returns:
-            ``(files, unreadable)``: the files to register, and ``(path, why)`` for files
-            with the final name that are not readable visibility files.
+        failed, or the agent stopped between writing and registering). Cheap: a folder
+        listing and one look-up per 400 files; :meth:`describe` reads each.
 
         Raises:
-            the database's errors when the lookup fails (try again later).
+            the database's errors when the look-up fails (try again later).
         """
         paths = list(self.complete_files())
         known = self.registered_paths(paths)
-        files, unreadable = [], []
-        for path in paths:
-            if path in known:
-                continue
-            try:
-                with h5py.File(path, "r") as f:
-                    first = float(f.attrs["start_time"])
-                    n = int(f.attrs["n_integrations"])
-                md5 = md5_file(path)
-            except (OSError, KeyError, ValueError, TypeError) as e:
-                unreadable.append((path, str(e)))
-                continue
-            tag = os.path.basename(os.path.dirname(path))
-            files.append(
-                WrittenFile(
-                    path=path,
-                    remote_path=self.remote_path(tag, os.path.basename(path), first),
-                    nbytes=os.path.getsize(path),
-                    md5=md5,
-                    n_integrations=n,
-                    first_time=first,
-                )
-            )
-        return files, unreadable
+        return [p for p in paths if p not in known]
+
+    def describe(self, path: str) -> WrittenFile:
+        """A complete file found on disk, read back for its registration.
+
+        Raises:
+            ValueError: not a readable visibility file (the text says why).
+        """
+        try:
+            with h5py.File(path, "r") as f:
+                first = float(f.attrs["start_time"])
+                n = int(f.attrs["n_integrations"])
+            md5 = md5_file(path)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise ValueError(str(e) or type(e).__name__) from None
+        tag = os.path.basename(os.path.dirname(path))
+        return WrittenFile(
+            path=path,
+            remote_path=self.remote_path(tag, os.path.basename(path), first),
+            nbytes=os.path.getsize(path),
+            md5=md5,
+            n_integrations=n,
+            first_time=first,
+        )
 
     def _write_hdf5(self, path: str, chunk: FileChunk) -> None:
         with h5py.File(path, "w") as f:
