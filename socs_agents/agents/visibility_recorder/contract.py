@@ -8,19 +8,14 @@ from __future__ import annotations
 
 #: Credential level needed by the operations that change state (start, stop, sync).
 CONTROL_PRIVS = 2
-#: The operations the direct procedure runs.
-DIRECT_OPERATIONS = ("ping", "sync", "start", "stop")
-#: Those of them that change state (need :data:`CONTROL_PRIVS`).
-CONTROL_OPERATIONS = ("sync", "start", "stop")
-
 #: The direct procedure, registered at ``<agent address>.<DIRECT_PROCEDURE>`` and called as
-#: ``direct(op_name, params, password=None)``: one WAMP call runs an operation's checks and
-#: work and answers with :data:`REPLY_KEYS`, without an OCS session.
+#: ``direct(op_name, params, password=None)`` with ``op_name`` one of ``ping``, ``sync``,
+#: ``start``, ``stop``: one WAMP call runs the operation's checks and work and answers,
+#: without an OCS session.
 DIRECT_PROCEDURE = "direct"
 #: The direct procedure's answer: ``{'success': bool, 'message': str, 'data': dict}``;
 #: ``data`` is what the OCS task puts in ``session.data`` (its ``response`` is the answer).
 REPLY_SUCCESS, REPLY_MESSAGE, REPLY_DATA = "success", "message", "data"
-REPLY_KEYS = (REPLY_SUCCESS, REPLY_MESSAGE, REPLY_DATA)
 #: The direct procedure's keyword argument carrying the caller's password.
 PASSWORD_KWARG = "password"
 #: Messages of a direct call refused before any work.
