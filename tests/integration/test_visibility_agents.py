@@ -418,3 +418,52 @@ def test_locked_database_while_recording_loses_no_registration(fleet):
         folder = os.path.join(fleet.data_dir, op.tag)
         on_disk = {os.path.join(folder, n) for n in os.listdir(folder)}
         assert on_disk and on_disk <= registered, iid
+
+
+def test_recorder_registers_nothing_outside_its_allowed_roots(fleet, site, tmp_path):
+    """A recorder whose data dir is outside --allowed-root writes its files but registers
+    none; every refusal is counted in session.data and on the recorded feed."""
+    iid = "vis-slow-outside"
+    data_dir = str(tmp_path / "outside")
+    site.add_instance(
+        "VisibilityRecorder",
+        iid,
+        [
+            ["--mode", "slow"],
+            ["--data-dir", data_dir],
+            ["--allowed-root", str(tmp_path / "allowed")],
+            ["--db-path", fleet.db_path],
+            ["--integration-time", 0.2],
+            ["--now-lead", LEAD],
+            ["--monitor-interval", 0.25],
+            POLICY,
+        ],
+    )
+    fleet.start(iid)
+    status = lambda: fleet.client(iid).monitor.status().session.get("data") or {}  # noqa: E731
+    wait_for(lambda: status().get("summary") == "normal", 15, "the recorder up")
+    feed = FeedSubscriber(site, iid, "visibility_status")
+    try:
+        assert fleet.client(iid, privs=PW2).start(start_mjd="now").session["success"] is True
+        data = wait_for(
+            lambda: (lambda d: d if d["counters"]["outside_allowed_root"] >= 2 else None)(status()),
+            10,
+            "refusals counted",
+        )
+        assert data["summary"] == "error" and "outside the allowed roots" in data["info"]
+        assert data["files_written"] >= 2 and data["files_registered"] == 0
+        wait_for(
+            lambda: any(
+                m[0]["status"]["data"]["n_outside_allowed_root"][-1] >= 1 for m in feed.messages
+            ),
+            5,
+            "the counter on the feed",
+        )
+        assert fleet.client(iid, privs=PW2).stop(stop_mjd="now").session["success"] is True
+    finally:
+        feed.close()
+    db = SupRsyncDB(fleet.db_path, create_all=False)
+    try:
+        assert not [r for r in db.files() if r["local_path"].startswith(data_dir)]
+    finally:
+        db.close()
