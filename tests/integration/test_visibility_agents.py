@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import time
 
 import h5py
@@ -45,13 +46,24 @@ class Fleet:
         ]
 
     def manager_args(self, pipelines):
+        # One manager reads the recorders' password from a file (kept out of the process
+        # list), the other takes it as an argument.
+        password_file = os.path.join(os.path.dirname(self.data_dir), "recorder-password")
+        with open(password_file, "w") as f:
+            f.write(f"{PW2}\n")
+        os.chmod(password_file, 0o600)
+        password = (
+            ["--recorder-password-file", password_file]
+            if pipelines
+            else ["--recorder-password", PW2]
+        )
         args = [
             ["--mode", "fast"],
             ["--timeout", 1.5],
             ["--monitor-interval", 0.25],
             ["--stale-after", STALE],
             ["--now-lead", LEAD],
-            ["--recorder-password", PW2],
+            password,
             ["--cleared-note-hold", 30],
             POLICY,
         ]
@@ -123,6 +135,10 @@ def test_ping_and_access_control(fleet):
     # ...and so do the pipelines when called directly.
     assert "requires credential level 2" in fleet.client(RECORDERS[0]).stop(stop_mjd="now").msg
     assert "requires credential level 2" in fleet.client(privs="wrong").sync(server="127.0.0.1").msg
+    # Stopping the monitoring is a control too; reading it is not.
+    for iid in (MANAGER, RECORDERS[0]):
+        assert "requires credential level 2" in fleet.client(iid).monitor.stop().msg
+        assert fleet.client(iid).monitor.status().session["status"] == "running"
     assert all(not ops for ops in map(fleet.schedule, RECORDERS))
     # The docstrings users read in OCSClient show the signature.
     assert fleet.client().start.start.__doc__.startswith("start(start_mjd=None")
@@ -163,9 +179,26 @@ def test_direct_procedure_checks_credentials(fleet, site):
         assert (
             caller.call(uri, "abort", {}, password=PW3)["message"] == 'No operation called "abort"'
         )
+        # Hostile shapes are answers, not crashes, and are counted.
+        assert caller.call(uri, 12, {}, password=PW3)["message"] == 'No operation called "?"'
+        assert caller.call(uri, "start", [1, 2], password=PW3)["message"] == (
+            "params must be a dict"
+        )
+        huge = caller.call(uri, "start", {"start_mjd": 10**30, "start_mpm": 0}, password=PW2)
+        assert huge["success"] is False and huge["message"].startswith("start_mjd must be")
+        inf = caller.call(uri, "sync", {"server": "127.0.0.1", "timeout": 1e308}, password=PW2)
+        assert inf["success"] is False and "Param 'timeout'" in inf["message"]
     finally:
         caller.close()
     assert all(not ops for ops in map(fleet.schedule, RECORDERS))
+    counters = wait_for(
+        lambda: (lambda c: c if c["direct_bad_request"] >= 4 else None)(
+            fleet.client(RECORDERS[0]).monitor.status().session["data"]["counters"]
+        ),
+        5,
+        "the refusals counted",
+    )
+    assert counters["direct_underprivileged"] >= 9
 
 
 def test_start_stop_files_registered_and_errors(fleet):
@@ -348,3 +381,89 @@ def test_discovery_finds_every_recorder_of_its_mode(fleet):
     reply = fleet.client(DISCOVERING).ping()
     assert sorted(reply.session["data"]) == RECORDERS
     assert reply.session["success"] is True
+
+
+def test_locked_database_while_recording_loses_no_registration(fleet):
+    """The SupRsync database write-locked by another connection for longer than the
+    recorders' busy timeout (5 s): registrations fail, are counted and retried, and every
+    file is registered once the lock is released."""
+    mgr = fleet.client(privs=PW2)
+    assert mgr.start(start_mjd="now").session["success"] is True
+    wait_for(lambda: fleet.monitor()["op_type"] == "recording", 5, "recording")
+    status = lambda: fleet.client(RECORDERS[0]).monitor.status().session["data"]  # noqa: E731
+    locker = sqlite3.connect(fleet.db_path, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        data = wait_for(
+            lambda: (lambda d: d if d["counters"]["database_locked"] >= 1 else None)(status()),
+            15,
+            "a registration refused by the lock",
+        )
+        assert data["summary"] == "error" and "not registered" in data["info"]
+        assert data["pending_registration"] >= 1
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    wait_for(lambda: status()["pending_registration"] == 0, 15, "the retries registered")
+    assert mgr.stop(stop_mjd="now").session["success"] is True
+    wait_for(lambda: all(fleet.schedule(i)[-1].state == DONE for i in RECORDERS), 10, "done")
+    wait_for(lambda: fleet.monitor()["summary"] == "normal", 10, "all normal again")
+    db = SupRsyncDB(fleet.db_path, create_all=False)
+    try:
+        registered = {r["local_path"] for r in db.files(archive_name="drv_fast")}
+    finally:
+        db.close()
+    for iid in RECORDERS:
+        op = fleet.schedule(iid)[-1]
+        folder = os.path.join(fleet.data_dir, op.tag)
+        on_disk = {os.path.join(folder, n) for n in os.listdir(folder)}
+        assert on_disk and on_disk <= registered, iid
+
+
+def test_recorder_registers_nothing_outside_its_allowed_roots(fleet, site, tmp_path):
+    """A recorder whose data dir is outside --allowed-root writes its files but registers
+    none; every refusal is counted in session.data and on the recorded feed."""
+    iid = "vis-slow-outside"
+    data_dir = str(tmp_path / "outside")
+    site.add_instance(
+        "VisibilityRecorder",
+        iid,
+        [
+            ["--mode", "slow"],
+            ["--data-dir", data_dir],
+            ["--allowed-root", str(tmp_path / "allowed")],
+            ["--db-path", fleet.db_path],
+            ["--integration-time", 0.2],
+            ["--now-lead", LEAD],
+            ["--monitor-interval", 0.25],
+            POLICY,
+        ],
+    )
+    fleet.start(iid)
+    status = lambda: fleet.client(iid).monitor.status().session.get("data") or {}  # noqa: E731
+    wait_for(lambda: status().get("summary") == "normal", 15, "the recorder up")
+    feed = FeedSubscriber(site, iid, "visibility_status")
+    try:
+        assert fleet.client(iid, privs=PW2).start(start_mjd="now").session["success"] is True
+        data = wait_for(
+            lambda: (lambda d: d if d["counters"]["outside_allowed_root"] >= 2 else None)(status()),
+            10,
+            "refusals counted",
+        )
+        assert data["summary"] == "error" and "outside the allowed roots" in data["info"]
+        assert data["files_written"] >= 2 and data["files_registered"] == 0
+        wait_for(
+            lambda: any(
+                m[0]["status"]["data"]["n_outside_allowed_root"][-1] >= 1 for m in feed.messages
+            ),
+            5,
+            "the counter on the feed",
+        )
+        assert fleet.client(iid, privs=PW2).stop(stop_mjd="now").session["success"] is True
+    finally:
+        feed.close()
+    db = SupRsyncDB(fleet.db_path, create_all=False)
+    try:
+        assert not [r for r in db.files() if r["local_path"].startswith(data_dir)]
+    finally:
+        db.close()

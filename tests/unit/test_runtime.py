@@ -160,6 +160,36 @@ def test_pool_runs_jobs_concurrently():
     assert pool.stop()
 
 
+def test_pool_pending_counts_exactly_across_threads():
+    """Each thread counts the jobs it finished without the submitters' lock: after many
+    jobs from several submitting threads the count of pending jobs is exact, and the
+    bound still holds."""
+    pool = WorkerPool("t-count", size=3, max_queue=100_000)
+    futures: list = []
+    lock = threading.Lock()
+
+    def submit_many():
+        mine = [pool.call(lambda i=i: i) for i in range(2000)]
+        with lock:
+            futures.extend(mine)
+
+    submitters = [threading.Thread(target=submit_many) for _ in range(4)]
+    for t in submitters:
+        t.start()
+    for t in submitters:
+        t.join(10)
+    assert sum(f.result(timeout=10) for f in futures) == 4 * sum(range(2000))
+    assert pool.pending == 0
+    gate = threading.Event()
+    small = WorkerPool("t-count-bound", size=2, max_queue=2)
+    held = [small.call(gate.wait, 5) for _ in range(2)]
+    with pytest.raises(QueueFull):
+        small.call(lambda: None).result(timeout=1)
+    gate.set()
+    assert all(f.result(timeout=5) for f in held) and small.pending == 0
+    assert pool.stop() and small.stop()
+
+
 def test_start_thread_reports_an_escaping_exception():
     errors = []
 

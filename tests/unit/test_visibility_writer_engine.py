@@ -15,7 +15,12 @@ from socs_agents.agents.visibility_recorder.engine import (
     pipeline_summary,
 )
 from socs_agents.agents.visibility_recorder.schedule import DONE, RECORDING, Schedule
-from socs_agents.agents.visibility_recorder.writer import FileChunk, VisibilityWriter, WriteError
+from socs_agents.agents.visibility_recorder.writer import (
+    FileChunk,
+    RegistrationError,
+    VisibilityWriter,
+    WriteError,
+)
 from socs_agents.db import SupRsyncDB, md5_file
 from socs_agents.dev.testing import wait_for
 from socs_agents.timeutil import ctime_code, unix_to_mjd_mpm
@@ -51,6 +56,8 @@ def test_writer_file_contents_rename_and_idempotent_registration(tmp_path):
     w = VisibilityWriter(str(tmp_path / "data"), "fast", "p1", 0.1, db, "drv_fast")
     ch = chunk()
     written = w.write(ch)
+    assert db.count() == 0  # written first, registered in a second step
+    assert w.register(written) is True
     assert written.path == str(tmp_path / "data" / ch.tag / f"{ch.tag}_00000.h5")
     assert written.remote_path == f"{ctime_code(ch.times[0])}/{ch.tag}/{ch.tag}_00000.h5"
     assert os.listdir(os.path.dirname(written.path)) == [f"{ch.tag}_00000.h5"]  # no temp left
@@ -70,7 +77,7 @@ def test_writer_file_contents_rename_and_idempotent_registration(tmp_path):
         (int(ctime_code(ch.times[0])), "drv_fast")
     ]
     db.add_files([])  # registering the same file again adds nothing
-    w.write(ch)
+    w.register(w.write(ch))
     assert db.count() == 1
 
 
@@ -80,9 +87,9 @@ def test_writer_rename_failure_is_an_error(tmp_path):
     ch = chunk()
     # The final name taken by a folder: the rename fails, the temporary file is removed.
     os.makedirs(data / ch.tag / f"{ch.tag}_00000.h5" / "x")
-    with pytest.raises(WriteError, match="moving .*tmp to .*_00000.h5 failed"):
+    with pytest.raises(WriteError, match=r"moving .*\.part to .*_00000.h5 failed"):
         w.write(ch)
-    assert w.leftover_temporaries(ch.tag) == []
+    assert sorted(os.listdir(data / ch.tag)) == [f"{ch.tag}_00000.h5"]  # no temporary left
 
 
 def test_writer_registration_failure_is_an_error(tmp_path):
@@ -96,8 +103,10 @@ def test_writer_registration_failure_is_an_error(tmp_path):
     db2 = SupRsyncDB(str(tmp_path / "suprsync.db"), create_all=False, busy_timeout_ms=50)
     w.db = db2
     try:
-        with pytest.raises(WriteError, match="written but not registered"):
-            w.write(chunk())
+        written = w.write(chunk())  # the file is complete on disk...
+        with pytest.raises(RegistrationError, match="written but not registered") as e:
+            w.register(written)  # ...and its registration fails, to be retried
+        assert (e.value.reason, e.value.retry) == ("database_locked", True)
     finally:
         locker.execute("ROLLBACK")
         locker.close()
@@ -112,7 +121,7 @@ def test_writer_write_failure_is_an_error(tmp_path):
     try:
         if os.access(data / ch.tag, os.W_OK):
             pytest.skip("running as root: permissions do not stop writes")
-        with pytest.raises(WriteError, match="writing .*tmp failed"):
+        with pytest.raises(WriteError, match=r"writing .*\.part failed"):
             w.write(ch)
     finally:
         os.chmod(data / ch.tag, stat.S_IRWXU)
@@ -215,7 +224,7 @@ def test_engine_resumes_after_restart(tmp_path):
     answer = e.request_start({"start_mjd": "now"})
     wait_for(lambda: e.files_written >= 1, 5, "a file")
     # A crash leaves a temporary file behind.
-    leftover = tmp_path / "data" / answer["tag"] / ".leftover.h5.tmp"
+    leftover = tmp_path / "data" / answer["tag"] / ".leftover.h5.0badc0de.part"
     e.shutdown()
     leftover.write_bytes(b"partial")
     before = sch.operations()[0]

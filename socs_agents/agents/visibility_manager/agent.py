@@ -16,7 +16,15 @@ from ocs import access, ocs_agent, site_config
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 
-from ..visibility_recorder.agent import CONTROL_PRIVS, DIRECT_PROCEDURE, STATUS_FEED
+from ... import runtime
+from ..visibility_recorder.contract import (
+    CONTROL_PRIVS,
+    DIRECT_PROCEDURE,
+    PASSWORD_KWARG,
+    STATUS_BLOCK,
+    STATUS_FEED,
+)
+from ..visibility_recorder.params import Bounded, finite_arg
 from ..visibility_recorder.schedule import DEFAULT_NOW_LEAD_S, ScheduleError, request_time
 from . import aggregate
 
@@ -49,6 +57,11 @@ class VisibilityManager:
         self.timeout = args.timeout
         #: pipeline id -> latest monitoring points, with ``received`` (unix time)
         self.reports: dict[str, dict] = {}
+        self.report = runtime.reporter(agent.log)
+        self._report_limited = runtime.RateLimit(self.report)
+        #: refusals of monitoring input, by reason (see the docs page)
+        self.counters = {"unreadable_status": 0, "unknown_pipeline": 0}
+        self._recorder_password = read_password(args)
         self._passwords: dict[str, str] = {}
         self._last: dict | None = None
         self.started = time.time()
@@ -71,8 +84,8 @@ class VisibilityManager:
         return sorted(pid for pid, r in self.reports.items() if r.get("mode") == self.mode)
 
     def _password(self, pid: str) -> str:
-        if self.args.recorder_password is not None:
-            return self.args.recorder_password
+        if self._recorder_password is not None:
+            return self._recorder_password
         if pid not in self._passwords:
             try:  # the OCS password file (OCS_PASSWORDS_FILE or ~/.ocs-passwords.yaml)
                 pw = access.client_get_password(CONTROL_PRIVS, "VisibilityRecorder", pid)
@@ -85,14 +98,27 @@ class VisibilityManager:
 
     def _on_status(self, data, *args, **kwargs) -> None:
         try:
-            message, feed = data[0], data[1]
-            pid = feed["agent_address"][len(self.root) + 1 :]
-            block = message["status"]
-            fields = {k: v[-1] for k, v in block["data"].items() if v}
-        except (KeyError, IndexError, TypeError) as e:
-            self.log.warn("unreadable status message ignored: {e}", e=e)
+            fields, pid = aggregate.read_status(data, self.root, STATUS_BLOCK)
+        except ValueError as e:
+            self.counters["unreadable_status"] += 1
+            self._report_limited(
+                "unreadable_status",
+                "warn",
+                f"unreadable status message ignored: {e} "
+                f"[unreadable_status: {self.counters['unreadable_status']}]",
+            )
             return
         if fields.get("mode") != self.mode and pid not in self.configured:
+            return
+        if pid not in self.reports and len(self.reports) >= self.args.max_pipelines:
+            # bounded memory whatever publishes on the hub
+            self.counters["unknown_pipeline"] += 1
+            self._report_limited(
+                "unknown_pipeline",
+                "warn",
+                f"status of {pid!r} ignored: {len(self.reports)} pipelines known already "
+                f"(--max-pipelines) [unknown_pipeline: {self.counters['unknown_pipeline']}]",
+            )
             return
         before = self.reports.get(pid, {}).get("summary")
         fields["received"] = time.time()
@@ -107,7 +133,7 @@ class VisibilityManager:
         # (credential level, parameters) and work and answers at once, where the task would
         # take a start and a wait and an OCS session.
         pw = self._password(pid)
-        kw = {"password": pw} if pw else {}
+        kw = {PASSWORD_KWARG: pw} if pw else {}
         d = self.agent.call(f"{self.root}.{pid}.{DIRECT_PROCEDURE}", op_name, params, **kw)
         d.addCallback(aggregate.classify_direct)
         return d
@@ -174,7 +200,7 @@ class VisibilityManager:
         """
         return self._fan_out(session, "ping", {})
 
-    @ocs_agent.param("timeout", default=2.0, type=float, check=lambda x: 0 < x <= 30)
+    @ocs_agent.param("timeout", default=2.0, type=float, cast=Bounded(0, 30))
     @ocs_agent.param("set_clock", default=False, type=bool)
     @ocs_agent.param("port", default=123, type=int, check=lambda p: 0 < p < 65536)
     @ocs_agent.param("server", type=str)
@@ -277,10 +303,11 @@ class VisibilityManager:
             self.started,
         )
         result["mode"] = self.mode
+        result["counters"] = dict(self.counters)
         self._last = result
         return result
 
-    @ocs_agent.param("interval", default=None, type=float)
+    @ocs_agent.param("interval", default=None, type=float, cast=Bounded(0, 3600))
     @inlineCallbacks
     def monitor(self, session, params):
         """monitor(interval=None)
@@ -302,13 +329,18 @@ class VisibilityManager:
                  'op_type': '2 recording; 0 idle; 1 timed out',
                  'op_tag': '20261121_101515_slow_drvs-1; 20261121_101515_slow_drvs-2',
                  'n_pipelines': 3, 'n_stale': 1,
+                 'cleared': '', 'cleared_at': None,
+                 'counters': {'unreadable_status': 0, 'unknown_pipeline': 0},
                  'pipelines': {'drvs-1': {'summary': 'normal', 'info': 'recording ...',
                                           'op_type': 'recording', 'op_tag': '...',
                                           'age_s': 1.2, 'stale': False}, ...}}
+
+            ``counters`` (the feed's ``n_<reason>``) count status messages ignored:
+            ``unreadable_status`` (not the feed's shape), ``unknown_pipeline`` (more
+            pipelines than ``--max-pipelines`` publish).
         """
         interval = params["interval"] or self.args.monitor_interval
         self._monitor_on = True
-        session.set_status("running")
         while self._monitor_on:
             result = self.evaluate()
             session.data = result
@@ -318,13 +350,17 @@ class VisibilityManager:
                 {
                     "block_name": "summary",
                     "timestamp": result["timestamp"],
-                    "data": {k: result[k] for k in FEED_FIELDS},
+                    "data": {
+                        **{k: result[k] for k in FEED_FIELDS},
+                        **{f"n_{k}": n for k, n in self.counters.items()},
+                    },
                 },
             )
             yield self._sleep(interval)
         return True, "monitoring stopped"
 
     def _stop_monitor(self, session, params=None):
+        session.set_status("stopping")
         self._monitor_on = False
         self._wake_monitor()
         return defer.succeed((True, "stopping"))
@@ -349,27 +385,33 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         "this mode that publishes its status on the hub.",
     )
     pgroup.add_argument(
-        "--timeout", type=float, default=5.0, help="Seconds to wait for each pipeline's answer."
+        "--timeout",
+        type=finite_arg(float, 0.001),
+        default=5.0,
+        help="Seconds to wait for each pipeline's answer.",
     )
     pgroup.add_argument(
-        "--monitor-interval", type=float, default=15.0, help="Seconds between monitoring summaries."
+        "--monitor-interval",
+        type=finite_arg(float, 0.01),
+        default=15.0,
+        help="Seconds between monitoring summaries.",
     )
     pgroup.add_argument(
         "--stale-after",
-        type=float,
+        type=finite_arg(float),
         default=120.0,
         help="Seconds without an update after which a pipeline counts as "
         "timed out (summary 'error').",
     )
     pgroup.add_argument(
         "--cleared-note-hold",
-        type=float,
+        type=finite_arg(float),
         default=60.0,
         help="Seconds the 'normal' info keeps naming the condition that cleared.",
     )
     pgroup.add_argument(
         "--now-lead",
-        type=float,
+        type=finite_arg(float),
         default=DEFAULT_NOW_LEAD_S,
         help="Seconds after a request that 'now' means.",
     )
@@ -377,9 +419,23 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         "--recorder-password",
         default=None,
         help="Password giving credential level 2 on the pipelines (needed "
-        "for start, stop and sync when the site has an access policy). "
-        "Default: the level-2 password of the OCS password file "
-        "(OCS_PASSWORDS_FILE or ~/.ocs-passwords.yaml), if any.",
+        "for start, stop and sync when the site has an access policy). Visible to "
+        "every user of the host in the process list: prefer --recorder-password-file "
+        "or the OCS password file. Default: the level-2 password of the OCS password "
+        "file (OCS_PASSWORDS_FILE or ~/.ocs-passwords.yaml) for each pipeline, if any.",
+    )
+    pgroup.add_argument(
+        "--recorder-password-file",
+        default=None,
+        help="File whose content (surrounding white space stripped) is the password "
+        "of --recorder-password, kept out of the process list (e.g. a Docker secret).",
+    )
+    pgroup.add_argument(
+        "--max-pipelines",
+        type=finite_arg(int, 1),
+        default=1000,
+        help="Most pipelines the manager keeps reports of when it discovers them "
+        "(no --pipelines); status from more is ignored and counted.",
     )
     pgroup.add_argument(
         "--serial",
@@ -389,7 +445,26 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     return parser
 
 
+def read_password(args: argparse.Namespace) -> str | None:
+    """The recorders' password from ``--recorder-password-file`` or
+    ``--recorder-password`` (None: look it up in the OCS password file per pipeline).
+
+    Raises:
+        SystemExit: both given, or the file cannot be read (a message names it).
+    """
+    if args.recorder_password_file is None:
+        return args.recorder_password
+    if args.recorder_password is not None:
+        raise SystemExit("give --recorder-password or --recorder-password-file, not both")
+    try:
+        with open(args.recorder_password_file, encoding="utf-8") as f:
+            return f.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"--recorder-password-file {args.recorder_password_file}: {e}") from e
+
+
 def main(args: list | None = None) -> None:
+    runtime.start_logging()
     parser = make_parser()
     args = site_config.parse_args(agent_class="VisibilityManager", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)
@@ -398,8 +473,14 @@ def main(args: list | None = None) -> None:
     agent.register_task("sync", manager.sync, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("start", manager.start, blocking=False, min_privs=CONTROL_PRIVS)
     agent.register_task("stop", manager.stop, blocking=False, min_privs=CONTROL_PRIVS)
+    # Stopping the monitoring changes what operators see: level 2, as the other controls.
     agent.register_process(
-        "monitor", manager.monitor, manager._stop_monitor, blocking=False, startup=True
+        "monitor",
+        manager.monitor,
+        manager._stop_monitor,
+        blocking=False,
+        startup=True,
+        min_privs=CONTROL_PRIVS,
     )
     runner.run(agent, auto_reconnect=True)
 

@@ -8,17 +8,66 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..visibility_recorder.contract import (
+    REPLY_DATA,
+    REPLY_MESSAGE,
+    REPLY_SUCCESS,
+    STATUS_FIELDS,
+)
+
 SUCCESS, FAILED, TIMED_OUT = "success", "error", "timeout"
 BAD_SUMMARIES = ("booting", "shutdown", "error")
+#: Longest text kept of a pipeline's status field (the rest is cut).
+MAX_TEXT = 2000
 
 
-def classify_direct(reply: Mapping[str, Any]) -> dict:
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."
+
+
+def classify_direct(reply: Any) -> dict:
     """The result of one pipeline from its direct procedure's answer
-    (``{'success': bool, 'message': str, 'data': dict}``)."""
-    if reply.get("success"):
-        data = reply.get("data") or {}
-        return {"status": SUCCESS, "response": data.get("response", data)}
-    return {"status": FAILED, "response": str(reply.get("message", ""))}
+    (``{'success': bool, 'message': str, 'data': dict}``); anything else is an error."""
+    if not isinstance(reply, Mapping):
+        return {"status": FAILED, "response": f"unreadable answer: {_text(repr(reply))}"}
+    if reply.get(REPLY_SUCCESS) is True:
+        data = reply.get(REPLY_DATA)
+        if not isinstance(data, Mapping):
+            return {"status": SUCCESS, "response": data}
+        return {"status": SUCCESS, "response": data.get("response", dict(data))}
+    return {"status": FAILED, "response": _text(reply.get(REPLY_MESSAGE, ""))}
+
+
+def read_status(data: Any, root: str, block_name: str) -> tuple[dict, str]:
+    """The pipeline id and latest fields of one status feed message, as the manager's
+    subscription receives it (``(message, feed)``).
+
+    Only :data:`~socs_agents.agents.visibility_recorder.contract.STATUS_FIELDS` are kept,
+    as text.
+
+    Raises:
+        ValueError: the message does not have the feed's shape (the text says what).
+    """
+    try:
+        message, feed = data[0], data[1]
+        address = feed["agent_address"]
+        block = message[block_name]["data"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"not a status feed message ({type(e).__name__}: {e})") from None
+    if not isinstance(address, str) or not address.startswith(root + "."):
+        raise ValueError(f"agent address {_text(repr(address))} is not under {root!r}")
+    if not isinstance(block, Mapping):
+        raise ValueError("the block's data is not a mapping")
+    pid = address[len(root) + 1 :]
+    if not pid or len(pid) > 200:
+        raise ValueError("no usable pipeline id in the agent address")
+    fields = {}
+    for key in STATUS_FIELDS:
+        values = block.get(key)
+        if isinstance(values, list | tuple) and values:
+            fields[key] = _text(values[-1])
+    return fields, pid
 
 
 def classify_exception(error: str, text: str, timeout: float) -> dict:

@@ -2,7 +2,7 @@
 
 A thin OCS shell over :mod:`.schedule` (requests, validation, SQLite schedule), :mod:`.engine`
 (the recording and writer threads), :mod:`.writer` (HDF5 files, SupRsync registration) and
-:mod:`.sntp` (clock check).
+:mod:`.sntp` (clock check). What the manager relies on is in :mod:`.contract`.
 """
 
 from __future__ import annotations
@@ -16,26 +16,36 @@ from collections.abc import Callable
 from typing import Any
 
 from ocs import access, ocs_agent, site_config
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor
 
+from ... import runtime
 from ...db import SupRsyncDB
+from ...db.entries import AllowedRoots
+from .contract import (
+    CONTROL_PRIVS,
+    DIRECT_PROCEDURE,
+    NO_SUCH_OPERATION,
+    REPLY_DATA,
+    REPLY_MESSAGE,
+    REPLY_SUCCESS,
+    SHUTTING_DOWN,
+    STATUS_BLOCK,
+    STATUS_FEED,
+)
 from .correlator import SimulatedCorrelator
-from .engine import EngineConfig, RecordingEngine
-from .request_thread import RequestThread
+from .engine import COUNTERS, EngineConfig, RecordingEngine
+from .params import Bounded, finite_arg
 from .schedule import DEFAULT_NOW_LEAD_S, Schedule, ScheduleError
 from .sntp import SNTPError, query, set_clock
 from .writer import VisibilityWriter
 
-STATUS_FEED = "visibility_status"
-#: Credential level needed by the operations that change state (start, stop, sync).
-CONTROL_PRIVS = 2
-#: The direct procedure, registered at ``<agent address>.<DIRECT_PROCEDURE>``: one WAMP call
-#: runs an operation's work and returns its answer, without an OCS session (see
-#: :meth:`VisibilityRecorder.direct`).
-DIRECT_PROCEDURE = "direct"
+#: What an operation's work gives back: (ok, message, its session data).
+OperationResult = tuple[bool, str, dict]
 
-#: An operation's outcome: (ok, message, session data).
-Outcome = tuple[bool, str, dict]
+#: Schedule requests waiting for the request worker before more are refused.
+MAX_QUEUED_REQUESTS = 1000
+#: NTP queries at once (each waits up to its timeout on the network).
+SYNC_THREADS = 2
 
 MODE_DEFAULTS = {
     # mode: (integration time s, integrations per file, archive)
@@ -57,10 +67,12 @@ FEED_FIELDS = (
     "files_written",
     "bytes_written",
     "write_errors",
+    "files_registered",
+    "pending_registration",
     "last_file",
     "last_error",
     "data_rate",
-)
+) + tuple(f"n_{reason}" for reason in COUNTERS)
 
 
 def _time_params(func):
@@ -81,6 +93,7 @@ class VisibilityRecorder:
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
         self.agent = agent
         self.log = agent.log
+        self.report = runtime.reporter(agent.log)
         self.args = args
         self.pipeline_id = args.pipeline_id or args.instance_id
         integration, per_file, archive = MODE_DEFAULTS[args.mode]
@@ -94,7 +107,13 @@ class VisibilityRecorder:
         )
         self.schedule = Schedule(schedule_path)
         writer = VisibilityWriter(
-            args.data_dir, args.mode, self.pipeline_id, self.integration_time, self.db, self.archive
+            args.data_dir,
+            args.mode,
+            self.pipeline_id,
+            self.integration_time,
+            self.db,
+            self.archive,
+            AllowedRoots(args.allowed_root or [args.data_dir]),
         )
         correlator = SimulatedCorrelator(
             n_antennas=args.n_antennas,
@@ -109,10 +128,16 @@ class VisibilityRecorder:
             disk_warning_pct=args.disk_warning,
             disk_error_pct=args.disk_error,
             now_lead=args.now_lead,
+            max_queued_files=args.max_queued_files,
+            max_retry_files=args.max_retry_files,
         )
-        self.engine = RecordingEngine(self.schedule, writer, correlator, config, log=self._log)
+        self.engine = RecordingEngine(self.schedule, writer, correlator, config, self.report)
         self._monitor_stop = threading.Event()
-        self.requests = RequestThread()
+        # Schedule writes run one after another on a worker of their own: one hand-over and
+        # one callFromThread per request (Twisted's thread pool costs more, and the
+        # schedule's lock would serialise them anyway).
+        self.requests = runtime.SerialWorker("requests", max_queue=MAX_QUEUED_REQUESTS)
+        self.ntp = runtime.WorkerPool("sync", size=SYNC_THREADS, max_queue=MAX_QUEUED_REQUESTS)
         # ocs's access checks take an ActionContext; one per operation is enough.
         self._contexts = {
             op: access.ActionContext(op_name=op, action="start") for op in self._direct_work()
@@ -120,9 +145,6 @@ class VisibilityRecorder:
         self.agent.register_feed(
             STATUS_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=0
         )
-
-    def _log(self, level: str, text: str) -> None:
-        getattr(self.log, level)("{text}", text=text)
 
     # ---- tasks ---------------------------------------------------------------------------
 
@@ -138,10 +160,10 @@ class VisibilityRecorder:
                 {'response': 'pong', 'pipeline_id': 'drvs-1', 'mode': 'slow',
                  'timestamp': 1700000000.0}
         """
-        ok, message, session.data = self._ping({})
+        ok, message, session.data = self._answer_ping({})
         return ok, message
 
-    def _ping(self, params: dict) -> Outcome:
+    def _answer_ping(self, params: dict) -> OperationResult:
         return (
             True,
             "pong",
@@ -153,7 +175,7 @@ class VisibilityRecorder:
             },
         )
 
-    @ocs_agent.param("timeout", default=2.0, type=float, check=lambda x: 0 < x <= 30)
+    @ocs_agent.param("timeout", default=2.0, type=float, cast=Bounded(0, 30))
     @ocs_agent.param("set_clock", default=False, type=bool)
     @ocs_agent.param("port", default=123, type=int, check=lambda p: 0 < p < 65536)
     @ocs_agent.param("server", type=str)
@@ -180,10 +202,9 @@ class VisibilityRecorder:
                               'clock_set': False,
                               'clock_note': 'clock not set: setting it is not allowed ...'}}
         """
-        ok, message, session.data = self._sync(params)
-        return ok, message
+        return self._in_session(session, self.ntp, self._check_clock, params)
 
-    def _sync(self, params: dict) -> Outcome:
+    def _check_clock(self, params: dict) -> OperationResult:
         """Blocking: waits for the NTP server's answer."""
         try:
             result = query(params["server"], params["port"], params["timeout"])
@@ -241,10 +262,9 @@ class VisibilityRecorder:
                                'start': 1795342515.0, 'stop': None, 'state': 'scheduled',
                                ...}}
         """
-        ok, message, session.data = self._start(params)
-        return ok, message
+        return self._in_session(session, self.requests, self._request_start, params)
 
-    def _start(self, params: dict) -> Outcome:
+    def _request_start(self, params: dict) -> OperationResult:
         """Blocking: writes the schedule (SQLite)."""
         try:
             data = self.engine.request_start(params)
@@ -274,10 +294,9 @@ class VisibilityRecorder:
                  'tag': '20261121_101515_slow_drvs-1', 'mjd': 61365, 'mpm': 36975000,
                  'requested_time': 1795342575.0, 'operation': {...}}
         """
-        ok, message, session.data = self._stop(params)
-        return ok, message
+        return self._in_session(session, self.requests, self._request_stop, params)
 
-    def _stop(self, params: dict) -> Outcome:
+    def _request_stop(self, params: dict) -> OperationResult:
         """Blocking: writes the schedule (SQLite)."""
         try:
             data = self.engine.request_stop(params)
@@ -287,14 +306,36 @@ class VisibilityRecorder:
 
     # ---- the direct procedure ------------------------------------------------------------
 
-    def _direct_work(self) -> dict[str, tuple[Callable[[dict], Outcome], str]]:
-        """Operation name -> (its work, where it runs: the reactor, the request thread
-        (schedule writes, short) or the thread pool (waits on the network))."""
+    def _in_session(self, session, worker, work, params: dict) -> defer.Deferred:
+        """Run a task's work on its worker; its data go to ``session.data``."""
+
+        def done(result: OperationResult) -> tuple[bool, str]:
+            ok, message, session.data = result
+            return ok, message
+
+        return self._on_worker(worker, work, params).addCallback(done)
+
+    def _on_worker(self, worker, work, params: dict) -> defer.Deferred:
+        """``work(params)`` on ``worker``; a refused job is an answer, not a crash."""
+        d = worker.submit(work, params)
+
+        def refused(failure) -> OperationResult:
+            failure.trap(runtime.QueueFull, runtime.WorkerStopped)
+            if failure.check(runtime.WorkerStopped):
+                return False, SHUTTING_DOWN, {}
+            self.engine.count("requests_busy", f"request refused: {failure.value}")
+            return False, f"the recorder is busy: {failure.value}", {}
+
+        return d.addErrback(refused)
+
+    def _direct_work(self) -> dict[str, tuple[Callable[[dict], OperationResult], Any]]:
+        """Operation name -> (its work, the worker it runs on: None for the reactor; the
+        request worker for schedule writes; the sync pool for waits on the network)."""
         return {
-            "ping": (self._ping, "reactor"),
-            "sync": (self._sync, "pool"),
-            "start": (self._start, "requests"),
-            "stop": (self._stop, "requests"),
+            "ping": (self._answer_ping, None),
+            "sync": (self._check_clock, self.ntp),
+            "start": (self._request_start, self.requests),
+            "stop": (self._request_stop, self.requests),
         }
 
     def direct(
@@ -315,14 +356,21 @@ class VisibilityRecorder:
             refused).
         """
 
-        def answer(outcome: Outcome) -> dict:
-            ok, message, data = outcome
-            return {"success": bool(ok), "message": message, "data": data}
+        def answer(result: OperationResult) -> dict:
+            ok, message, data = result
+            return {REPLY_SUCCESS: bool(ok), REPLY_MESSAGE: message, REPLY_DATA: data}
 
-        work = self._direct_work().get(op_name)
-        op = self.agent.tasks.get(op_name)
+        work = self._direct_work().get(op_name) if isinstance(op_name, str) else None
+        op = self.agent.tasks.get(op_name) if work is not None else None
         if work is None or op is None:
-            return defer.succeed(answer((False, f'No operation called "{op_name}"', {})))
+            shown = op_name if isinstance(op_name, str) and len(op_name) < 64 else "?"
+            self.engine.count("direct_bad_request", f"direct call of unknown {shown!r} refused")
+            return defer.succeed(answer((False, NO_SUCH_OPERATION.format(op_name=shown), {})))
+        if params is not None and not isinstance(params, dict):
+            self.engine.count("direct_bad_request", f"direct {op_name}: params not a dict")
+            return defer.succeed(answer((False, "params must be a dict", {})))
+        if password is not None and not isinstance(password, str):
+            password = None
         level, detail = access.agent_get_creds(
             password,
             self.agent.access_config,
@@ -330,7 +378,9 @@ class VisibilityRecorder:
             self._contexts[op_name],
         )
         if level < op.min_privs:
-            self.log.info("rejected underprivileged direct {op} request", op=op_name)
+            self.engine.count(
+                "direct_underprivileged", f"rejected underprivileged direct {op_name} request"
+            )
             return defer.succeed(
                 answer((False, access.agent_rejection_message(level, op.min_privs, detail), {}))
             )
@@ -339,18 +389,15 @@ class VisibilityRecorder:
             try:
                 params = ocs_agent.ParamHandler(params or {}).batch(prescreen)
             except ocs_agent.ParamError as e:
+                self.engine.count("direct_bad_request", f"direct {op_name} refused: {e.msg}")
                 return defer.succeed(answer((False, e.msg, {})))
-        func, where = work
+        func, worker = work
         # Blocking work (SQLite, the network) leaves the reactor; ping stays on it, like
         # the task registered with blocking=False.
-        if where == "requests":
-            if self.requests.closed:
-                return defer.succeed(answer((False, "the recorder is shutting down", {})))
-            d = self.requests.submit(func, params or {})
-        elif where == "pool":
-            d = threads.deferToThread(func, params or {})
-        else:
+        if worker is None:
             d = defer.maybeDeferred(func, params or {})
+        else:
+            d = self._on_worker(worker, func, params or {})
         d.addCallback(answer)
 
         def crashed(failure) -> dict:
@@ -369,7 +416,7 @@ class VisibilityRecorder:
 
     # ---- monitoring ----------------------------------------------------------------------
 
-    @ocs_agent.param("interval", default=None, type=float)
+    @ocs_agent.param("interval", default=None, type=float, cast=Bounded(0, 3600))
     def monitor(self, session, params):
         """monitor(interval=None)
 
@@ -379,7 +426,9 @@ class VisibilityRecorder:
         Notes:
             ``summary`` is ``booting``, ``normal``, ``warning`` (disk above
             ``--disk-warning`` %), ``error`` (disk above ``--disk-error`` %, a failed file
-            write, move or registration, a dead thread) or ``shutdown``::
+            write, a file refused or waiting for registration, a dead thread) or
+            ``shutdown``. ``counters`` counts every refusal and fault by reason (the docs
+            page says what to do about each); the feed has them as ``n_<reason>``::
 
                 >>> response.session['data']
                 {'timestamp': 1700000000.0, 'mode': 'slow', 'pipeline_id': 'drvs-1',
@@ -387,12 +436,18 @@ class VisibilityRecorder:
                  'op_type': 'recording', 'op_tag': '20261121_101515_slow_drvs-1',
                  'disk_size': 1000000000000, 'disk_free': 400000000000,
                  'disk_used_pct': 60.0, 'files_written': 12, 'bytes_written': 1843200,
-                 'write_errors': 0, 'last_file': '/data/drv/20261121_.../..._00011.h5',
+                 'write_errors': 0, 'files_registered': 12, 'pending_registration': 0,
+                 'counters': {'write_failed': 0, 'writer_backlog_full': 0,
+                              'outside_allowed_root': 0, 'register_refused': 0,
+                              'database_locked': 0, 'database_error': 0,
+                              'retry_list_full': 0, 'unreadable_file': 0,
+                              'rescan_failed': 0, 'direct_underprivileged': 0,
+                              'direct_bad_request': 0, 'requests_busy': 0},
+                 'last_file': '/data/drv/20261121_.../..._00011.h5',
                  'last_error': '', 'data_rate': 30720.0, 'resumed': ''}
         """
         interval = params["interval"] or self.args.monitor_interval
         self._monitor_stop.clear()
-        session.set_status("running")
         while True:
             status = self.engine.status()
             session.data = status
@@ -400,9 +455,9 @@ class VisibilityRecorder:
             self.agent.publish_to_feed(
                 STATUS_FEED,
                 {
-                    "block_name": "status",
+                    "block_name": STATUS_BLOCK,
                     "timestamp": status["timestamp"],
-                    "data": {k: status[k] for k in FEED_FIELDS},
+                    "data": feed_fields(status),
                 },
             )
             if self._monitor_stop.wait(interval):
@@ -410,29 +465,43 @@ class VisibilityRecorder:
         return True, "monitoring stopped"
 
     def _stop_monitor(self, session, params=None):
+        session.set_status("stopping")
         self._monitor_stop.set()
         return True, "stopping"
 
     # ---- life cycle ----------------------------------------------------------------------
 
-    def _shutdown_threads(self, timeout: float) -> bool:
-        self.requests.stop(timeout)
-        return self.engine.shutdown(timeout)
+    def _stop_workers(self, timeout: float) -> bool:
+        """Finish the requests already taken, then stop recording (blocking)."""
+        deadline = time.monotonic() + timeout
+        self.ntp.stop(drain=False, timeout=0)  # an NTP wait is not worth waiting for
+        clean = self.requests.stop(drain=True, timeout=timeout)
+        return self.engine.shutdown(max(0.0, deadline - time.monotonic())) and clean
 
-    def shutdown(self):
-        d = threads.deferToThread(self._shutdown_threads, 10.0)
+    def shutdown(self) -> defer.Deferred:
+        """Before the reactor stops: stop the workers and the engine off the reactor."""
+        stopper = runtime.SerialWorker("shutdown", max_queue=1)
+        d = stopper.submit(self._stop_workers, 10.0)
 
-        def done(clean):
-            self.log.info(
-                "recorder stopped{how}", how="" if clean else " (threads still busy after 10 s)"
-            )
+        def done(clean: bool) -> None:
+            self.report("info", "recorder stopped" + ("" if clean else " (busy after 10 s)"))
             self.schedule.close()
             if self.db is not None:
                 self.db.close()
 
         d.addCallback(done)
-        d.addErrback(lambda f: self.log.error("shutdown failed: {f}", f=f))
+        d.addErrback(lambda f: self.report("error", f"shutdown failed: {f.getTraceback()}"))
+        d.addBoth(lambda _: stopper.stop(drain=False, timeout=0))
         return d
+
+
+def feed_fields(status: dict) -> dict:
+    """The feed's fields of a status (numbers and strings; counters flattened)."""
+    counters = status["counters"]
+    return {
+        k: counters[k[2:]] if k.startswith("n_") and k[2:] in counters else status[k]
+        for k in FEED_FIELDS
+    }
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -457,25 +526,36 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         help="Folder of the recordings (one sub-folder per recording).",
     )
     pgroup.add_argument(
+        "--allowed-root",
+        action="append",
+        default=None,
+        help="Folder whose files may be registered in the SupRsync database (links "
+        "resolved); repeat for several. A file outside every one is refused and counted "
+        "(n_outside_allowed_root). Default: the --data-dir.",
+    )
+    pgroup.add_argument(
         "--integration-time",
-        type=float,
+        type=finite_arg(float),
         default=None,
         help="Seconds per integration. Default: 10 (slow) or 0.1 (fast).",
     )
     pgroup.add_argument(
         "--integrations-per-file",
-        type=int,
+        type=finite_arg(int, 1),
         default=None,
         help="Integrations per HDF5 file. Default: 1 (slow) or 100 (fast).",
     )
     pgroup.add_argument(
         "--n-antennas",
-        type=int,
+        type=finite_arg(int, 2),
         default=8,
         help="Antennas of the simulated correlator (baselines include autos).",
     )
     pgroup.add_argument(
-        "--n-channels", type=int, default=64, help="Frequency channels of the simulated correlator."
+        "--n-channels",
+        type=finite_arg(int, 1),
+        default=64,
+        help="Frequency channels of the simulated correlator.",
     )
     pgroup.add_argument(
         "--db-path",
@@ -496,27 +576,41 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--now-lead",
-        type=float,
+        type=finite_arg(float),
         default=DEFAULT_NOW_LEAD_S,
         help="Seconds after a request that 'now' means.",
     )
     pgroup.add_argument(
         "--disk-warning",
-        type=float,
+        type=finite_arg(float),
         default=95.0,
         help="Percent of the data disk used above which the summary is 'warning'.",
     )
     pgroup.add_argument(
         "--disk-error",
-        type=float,
+        type=finite_arg(float),
         default=99.0,
         help="Percent of the data disk used above which the summary is 'error'.",
     )
     pgroup.add_argument(
         "--monitor-interval",
-        type=float,
+        type=finite_arg(float),
         default=5.0,
         help="Seconds between monitoring updates (feed and session.data).",
+    )
+    pgroup.add_argument(
+        "--max-queued-files",
+        type=finite_arg(int, 1),
+        default=64,
+        help="Files integrated and waiting for the writer before more are dropped and "
+        "counted (n_writer_backlog_full): bounds memory when the data disk is slow.",
+    )
+    pgroup.add_argument(
+        "--max-retry-files",
+        type=finite_arg(int, 1),
+        default=10_000,
+        help="Written files whose registration failed kept for retry; more are left to "
+        "the start-up scan (counted in n_retry_list_full).",
     )
     pgroup.add_argument(
         "--allow-set-clock",
@@ -528,15 +622,24 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
+    runtime.start_logging()
     parser = make_parser()
     args = site_config.parse_args(agent_class="VisibilityRecorder", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)
     recorder = VisibilityRecorder(agent, args)
     agent.register_task("ping", recorder.ping, blocking=False)
-    agent.register_task("sync", recorder.sync, min_privs=CONTROL_PRIVS)
-    agent.register_task("start", recorder.start, min_privs=CONTROL_PRIVS)
-    agent.register_task("stop", recorder.stop, min_privs=CONTROL_PRIVS)
-    agent.register_process("monitor", recorder.monitor, recorder._stop_monitor, startup=True)
+    # The tasks hand their work to the recorder's workers and answer with a Deferred.
+    agent.register_task("sync", recorder.sync, blocking=False, min_privs=CONTROL_PRIVS)
+    agent.register_task("start", recorder.start, blocking=False, min_privs=CONTROL_PRIVS)
+    agent.register_task("stop", recorder.stop, blocking=False, min_privs=CONTROL_PRIVS)
+    # Stopping the monitoring changes what operators see: level 2, as the other controls.
+    agent.register_process(
+        "monitor",
+        recorder.monitor,
+        recorder._stop_monitor,
+        startup=True,
+        min_privs=CONTROL_PRIVS,
+    )
     agent.on("join", recorder.register_direct)
     recorder.engine.start()
     reactor.addSystemEventTrigger("before", "shutdown", recorder.shutdown)

@@ -1,9 +1,10 @@
 """The recording pipeline: follows the schedule, integrates, hands files to a writer thread.
 
-No OCS or Twisted here: the agent drives a :class:`RecordingEngine` and reads its
-:meth:`~RecordingEngine.status`. Two threads: the recording thread wakes at integration
-boundaries and on schedule changes; the writer thread writes, renames and registers files,
-so a slow disk or a locked database never delays an integration.
+No OCS here: the agent drives a :class:`RecordingEngine` and reads its
+:meth:`~RecordingEngine.status`. Two threads of the runtime: the recording thread wakes at
+integration boundaries and on schedule changes; the writer thread writes and registers
+files, and retries registrations that failed, so a slow disk or a locked database never
+delays an integration and never loses a file.
 """
 
 from __future__ import annotations
@@ -11,22 +12,21 @@ from __future__ import annotations
 import collections
 import math
 import os
-import queue
 import re
 import shutil
 import threading
 import time
-import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ... import runtime
 from ...timeutil import utc_iso, utc_stamp
 from .correlator import SimulatedCorrelator
 from .schedule import DEFAULT_NOW_LEAD_S, RECORDING, SCHEDULED, Operation, Schedule, request_time
-from .writer import FileChunk, VisibilityWriter, WriteError
+from .writer import FileChunk, RegistrationError, VisibilityWriter, WriteError, WrittenFile
 
 SUMMARIES = ("booting", "normal", "warning", "error", "shutdown")
 RATE_WINDOW_S = 60.0
@@ -36,6 +36,34 @@ PREWAKE_S = 0.05
 #: bookkeeping (SQLite, logs): every pipeline woken for the same instant on the same few
 #: cores reads its clock before any of them takes the CPU for longer.
 SETTLE_S = 0.02
+#: A failed registration is tried again after this long, doubling up to the maximum.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+#: When the look-up of unregistered files at start failed, it is tried again after this long.
+RESCAN_AFTER_S = 30.0
+#: What a registration attempt gave.
+REGISTERED, REFUSED, FAILED_NOW = "registered", "refused", "failed"
+#: Files per registration transaction when catching up (retries, files found at start).
+REGISTER_BATCH = 200
+#: Files found at start read back (md5) between two new files.
+LEFTOVER_BATCH = 20
+
+#: Every refusal and fault the engine counts (``status()['counters']``, the feed's
+#: ``n_<reason>`` fields); the docs page says what to do about each.
+COUNTERS = (
+    "write_failed",  # a file could not be written or moved into place (its data are lost)
+    "writer_backlog_full",  # the writer's queue was full: a file's integrations were dropped
+    "outside_allowed_root",  # a file outside --allowed-root: never registered
+    "register_refused",  # any other entry the SupRsync rules refuse: never registered
+    "database_locked",  # registration failed, the database stayed locked: retried
+    "database_error",  # registration failed otherwise (disk full, read-only): retried
+    "retry_list_full",  # a failed registration beyond the retry bound: left for the restart
+    "unreadable_file",  # a complete-looking file found at start that is not readable
+    "rescan_failed",  # the look-up of unregistered files at start failed: retried
+    "direct_underprivileged",  # a direct call without the credential level it needs
+    "direct_bad_request",  # a direct call with an unknown operation or bad parameters
+    "requests_busy",  # a request refused: the request worker's queue was full
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,10 @@ class EngineConfig:
     disk_warning_pct: float = 95.0
     disk_error_pct: float = 99.0
     now_lead: float = DEFAULT_NOW_LEAD_S
+    #: files waiting for the writer thread before more are refused (and counted)
+    max_queued_files: int = 64
+    #: failed registrations kept for retry before more are left to the next start
+    max_retry_files: int = 10_000
 
 
 def pipeline_summary(
@@ -63,8 +95,8 @@ def pipeline_summary(
     Args:
         state: ``booting``, ``running`` or ``shutdown``.
         thread_error: why a worker thread died ("" while they run).
-        write_error: why the last file could not be written, moved or registered ("" if the
-            last one was).
+        write_error: why the last file could not be written, moved or registered, or why
+            files wait for registration ("" once that is resolved).
         disk_used_pct: how full the data disk is.
         warning_pct, error_pct: thresholds, in percent used (warning above the first, error
             above the second).
@@ -92,8 +124,8 @@ class RecordingEngine:
         schedule: the persisted schedule.
         writer: writes and registers files.
         correlator: the source of visibilities.
-        config: mode, pipeline id, integration time, file size, thresholds.
-        log: ``log(level, text)`` with level ``info``, ``warn`` or ``error``.
+        config: mode, pipeline id, integration time, file size, thresholds, bounds.
+        report: ``report(level, text)`` (see :func:`socs_agents.runtime.reporter`).
         clock: unix time source.
     """
 
@@ -103,14 +135,15 @@ class RecordingEngine:
         writer: VisibilityWriter,
         correlator: SimulatedCorrelator,
         config: EngineConfig,
-        log: Callable[[str, str], None] = lambda level, text: None,
-        clock: Callable[[], float] = time.time,
+        report: runtime.Report = runtime.no_report,
+        clock=time.time,
     ) -> None:
         self.schedule = schedule
         self.writer = writer
         self.correlator = correlator
         self.config = config
-        self.log = log
+        self.report = report
+        self._report_limited = runtime.RateLimit(report)
         self.clock = clock
         self.state = "booting"
         # The recording thread sleeps on this condition until its own deadline or
@@ -118,17 +151,26 @@ class RecordingEngine:
         self._cond = threading.Condition()
         self._wake_at = math.inf
         self._asleep_until = -math.inf
-        self._stop = threading.Event()
-        self._jobs: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._files = runtime.Inbox(maxsize=config.max_queued_files)
         self._threads: list[threading.Thread] = []
         self.thread_error = ""
         self.write_error = ""
         self.last_error = ""
         self.files_written = 0
+        self.files_registered = 0
         self.bytes_written = 0
-        self.write_errors = 0
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.last_file = ""
         self.resume_note = ""
+        self._removed_temporaries: dict[str, int] = {}
+        # path -> (file, attempts, when to try again): failed registrations, bounded
+        self._retry: collections.OrderedDict[str, tuple[WrittenFile, int, float]] = (
+            collections.OrderedDict()
+        )
+        self._rescan_at: float | None = None
+        self._leftovers: collections.deque[str] = collections.deque()
+        self._leftovers_beyond = False
         self._recent: collections.deque = collections.deque()
         self._files_per_op: dict[int, int] = {}
         self._next_index: dict[int, int] = {}
@@ -142,7 +184,7 @@ class RecordingEngine:
         tag = f"{utc_stamp(rt.t)}_{self.config.mode}_{self.config.pipeline_id}"
         op = self.schedule.add_start(rt.t, now, tag)
         self.wake(rt.t)
-        self.log("info", f"scheduled recording {op.describe()}")
+        self.report("info", f"scheduled recording {op.describe()}")
         return self._answer(op, rt)
 
     def request_stop(self, params: Mapping[str, Any], now: float | None = None) -> dict:
@@ -151,7 +193,7 @@ class RecordingEngine:
         rt = request_time(params, "stop", now, self.config.now_lead)
         op = self.schedule.add_stop(rt.t, now)
         self.wake(rt.t)
-        self.log("info", f"recording {op.tag} will stop at {utc_iso(rt.t)}")
+        self.report("info", f"recording {op.tag} will stop at {utc_iso(rt.t)}")
         return self._answer(op, rt)
 
     def _answer(self, op: Operation, rt) -> dict:
@@ -184,30 +226,38 @@ class RecordingEngine:
 
     def start(self) -> None:
         os.makedirs(self.writer.data_dir, exist_ok=True)
-        for target, name in ((self._record_loop, "recording"), (self._write_loop, "writer")):
-            t = threading.Thread(target=self._guard(target, name), name=name, daemon=True)
-            self._threads.append(t)
-            t.start()
+        # What a crash left half-written: never complete, never registered.
+        self._removed_temporaries = self.writer.remove_temp_files()
+        for name, target in (("recording", self._record_loop), ("writer", self._write_loop)):
+            self._threads.append(
+                runtime.start_thread(name, target, on_error=self._thread_died(name))
+            )
 
-    def _guard(self, target, name):
-        def run():
-            try:
-                target()
-            except Exception as e:
-                self.thread_error = f"{name} thread died: {e!r}"
-                self.log("error", f"{self.thread_error}\n{traceback.format_exc()}")
+    def _thread_died(self, name: str):
+        def on_error(exc: BaseException, tb: str) -> None:
+            self.thread_error = f"{name} thread died: {exc!r}"
+            self.report("error", f"{self.thread_error}\n{tb}")
 
-        return run
+        return on_error
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop recording (an open recording stays scheduled and resumes at the next start)
         and wait until the files already integrated are written. True when all were."""
         self.state = "shutdown"
-        self._stop.set()
+        self._stopping.set()
         self.wake()
         deadline = time.monotonic() + timeout
-        for t in self._threads:
+        recording = self._threads[:1]
+        for t in recording:
             t.join(max(0.0, deadline - time.monotonic()))
+        self._files.close()  # the writer finishes what it holds, then ends
+        for t in self._threads[1:]:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self._retry:
+            self.report(
+                "warn",
+                f"{len(self._retry)} file(s) not registered yet: registered at the next start",
+            )
         return not any(t.is_alive() for t in self._threads)
 
     def alive(self) -> bool:
@@ -217,7 +267,7 @@ class RecordingEngine:
         """Sleep ``seconds``, or less: until a wake-up is due (see :meth:`wake`)."""
         end = time.monotonic() + seconds
         with self._cond:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 now = self.clock()
                 if self._wake_at <= now:
                     self._wake_at = math.inf
@@ -236,7 +286,7 @@ class RecordingEngine:
         self._recover()
         self.state = "running"
         now = self.clock()
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             op = self.schedule.current(now)
             if op is None:
                 self._close_missed(now)
@@ -250,19 +300,18 @@ class RecordingEngine:
                 else:
                     self._wait(left)
                     now = self.clock()
-                    self._stop.wait(SETTLE_S)
+                    self._stopping.wait(SETTLE_S)
                 continue
             resuming = op.state == RECORDING
             if not resuming:
                 op = self.schedule.mark_recording(op.id, now)
                 late = now - op.start
-                self.log(
+                self.report(
                     "info",
                     f"recording {op.tag} started {late * 1e3:.1f} ms after its scheduled time",
                 )
             self._record(op, resuming)
             now = self.clock()
-        self._jobs.put(None)
 
     def _close_missed(self, now: float) -> None:
         """Close scheduled operations whose whole span passed before the thread woke."""
@@ -271,7 +320,7 @@ class RecordingEngine:
                 self.schedule.mark_finished(
                     op.id, now, failed=True, note="missed: it ended before recording began"
                 )
-                self.log("warn", f"recording {op.tag} missed: it ended before recording began")
+                self.report("warn", f"recording {op.tag} missed: it ended before recording began")
 
     def _recover(self) -> None:
         """After a restart: resume recordings that should be running, close the others."""
@@ -285,17 +334,15 @@ class RecordingEngine:
                     failed=op.state == SCHEDULED,
                     note=note if op.state == RECORDING else "missed while the agent was down",
                 )
-                self.log("warn", f"recording {op.tag}: {note}")
+                self.report("warn", f"recording {op.tag}: {note}")
             elif op.state == RECORDING:
-                lost = self.writer.leftover_temporaries(op.tag)
-                for path in lost:
-                    os.remove(path)
+                lost = self._removed_temporaries.get(op.tag, 0)
                 note = f"resumed after a restart at {utc_iso(now)}" + (
-                    f"; {len(lost)} incomplete file(s) discarded" if lost else ""
+                    f"; {lost} incomplete file(s) discarded" if lost else ""
                 )
                 self.schedule.mark_resumed(op.id, note)
                 self.resume_note = f"{op.tag}: {note}"
-                self.log("warn", f"recording {op.tag} {note}")
+                self.report("warn", f"recording {op.tag} {note}")
 
     def _first_index(self, op: Operation) -> int:
         index = op.files
@@ -318,12 +365,12 @@ class RecordingEngine:
         self._next_index[op.id] = self._first_index(op)
         times: list[float] = []
         chunks: list[np.ndarray] = []
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             t0 = op.start + k * T
             t1 = t0 + T
             if t1 > op.end + 1e-9:
                 break
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 left = t1 - self.clock()
                 if left <= 0:
                     break
@@ -331,7 +378,7 @@ class RecordingEngine:
                 op = self.schedule.get(op.id)  # a stop may have been scheduled meanwhile
                 if t1 > op.end + 1e-9:
                     break
-            if self._stop.is_set() or t1 > op.end + 1e-9:
+            if self._stopping.is_set() or t1 > op.end + 1e-9:
                 break
             times.append(t0)
             chunks.append(self.correlator.integrate(t0, T))
@@ -342,12 +389,12 @@ class RecordingEngine:
         if times:
             self._submit(op, times, chunks)
         # An integration cut by the stop time is not kept; the recording still ends then.
-        while not self._stop.is_set() and self.clock() < op.end:
+        while not self._stopping.is_set() and self.clock() < op.end:
             self._wait(op.end - self.clock())
             op = self.schedule.get(op.id)
-        if not self._stop.is_set():
+        if not self._stopping.is_set():
             self.schedule.mark_finished(op.id, self.clock())
-            self.log("info", f"recording {op.tag} ended at {utc_iso(op.end)}")
+            self.report("info", f"recording {op.tag} ended at {utc_iso(op.end)}")
 
     def _submit(self, op: Operation, times: list, chunks: list) -> None:
         index = self._next_index[op.id]
@@ -361,30 +408,176 @@ class RecordingEngine:
             baselines=self.correlator.baselines,
             recording_start=op.start,
         )
-        self._jobs.put((op.id, chunk))
+        try:
+            self._files.put((op.id, chunk))
+        except runtime.QueueFull:
+            self._fault(
+                "writer_backlog_full",
+                f"file {index} of {op.tag} dropped: {self.config.max_queued_files} files "
+                "wait for the writer already (is the data disk slow?)",
+            )
+        except runtime.WorkerStopped:
+            pass  # shutting down: the recording resumes at the next start
+
+    def count(self, reason: str, text: str, level: str = "warn") -> None:
+        """Count a refusal (any thread) and log it, at most one line per reason every
+        10 s; a refusal of a caller is not an error of the pipeline."""
+        self.counters[reason] += 1
+        self._report_limited(reason, level, f"{text} [{reason}: {self.counters[reason]}]")
+
+    def _fault(self, reason: str, text: str) -> None:
+        """Count a fault of the pipeline: logged as :meth:`count`, kept in ``last_error``."""
+        self.last_error = text
+        self.count(reason, text, "error")
+
+    # ---- the writer thread ---------------------------------------------------------------
+    #
+    # New files first; between them, failed registrations when their retry is due and the
+    # files found unregistered at start, a batch at a time (one transaction each), so a
+    # catch-up never holds back the files being recorded.
 
     def _write_loop(self) -> None:
+        self._find_leftovers()
         while True:
-            job = self._jobs.get()
-            if job is None:
+            for op_id, chunk in self._files.get_batch(self._idle_wait()):
+                self._write(op_id, chunk)
+            if self._rescan_at is not None and self._rescan_at <= time.monotonic():
+                self._find_leftovers()
+            self._retry_due()
+            self._register_some_leftovers()
+            if self._files.closed and not len(self._files):
                 return
-            op_id, chunk = job
-            try:
-                written = self.writer.write(chunk)
-            except WriteError as e:
-                self.write_errors += 1
-                self.write_error = self.last_error = f"file write failed: {e}"
-                self.log("error", self.write_error)
-                continue
+
+    def _write(self, op_id: int, chunk: FileChunk) -> None:
+        try:
+            written = self.writer.write(chunk)
+        except WriteError as e:
+            self.write_error = f"file write failed: {e}"
+            self._fault("write_failed", self.write_error)
+            return
+        self.files_written += 1
+        self.bytes_written += written.nbytes
+        self.last_file = written.path
+        self._recent.append((self.clock(), written.nbytes))
+        n = self._files_per_op.get(op_id, 0) + 1
+        self._files_per_op[op_id] = n
+        self.schedule.mark_files(op_id, n)
+        outcome = self._register([(written, 0)])
+        if outcome != FAILED_NOW:
+            self._retry_all_now()  # the database answers again: catch up at once
+        if outcome == REGISTERED:
             self.write_error = ""
-            self.files_written += 1
-            self.bytes_written += written.nbytes
-            self.last_file = written.path
-            now = self.clock()
-            self._recent.append((now, written.nbytes))
-            n = self._files_per_op.get(op_id, 0) + 1
-            self._files_per_op[op_id] = n
-            self.schedule.mark_files(op_id, n)
+
+    def _register(self, batch: list[tuple[WrittenFile, int]]) -> str:
+        """Register files (with their attempts so far): :data:`REGISTERED`; a refusal is
+        counted (:data:`REFUSED`); a database fault puts them all on the retry list
+        (:data:`FAILED_NOW`)."""
+        try:
+            registered, refused = self.writer.register_batch([w for w, _ in batch])
+        except RegistrationError as e:
+            self.write_error = f"not registered: {e}"
+            self._fault(e.reason, self.write_error)
+            for written, attempts in batch:
+                self._keep_for_retry(written, attempts + 1)
+            return FAILED_NOW
+        self.files_registered += len(registered)
+        for _written, e in refused:
+            reason = e.reason if e.reason in self.counters else "register_refused"
+            self.write_error = f"not registered: {e}"
+            self._fault(reason, self.write_error)
+        return REFUSED if refused else REGISTERED
+
+    def _keep_for_retry(self, written: WrittenFile, attempts: int) -> None:
+        if written.path not in self._retry and len(self._retry) >= self.config.max_retry_files:
+            self._fault(
+                "retry_list_full",
+                f"{written.path} not registered and {len(self._retry)} files wait for a "
+                "retry already: it is registered at the next start",
+            )
+            return
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempts - 1))
+        self._retry[written.path] = (written, attempts, time.monotonic() + delay)
+
+    def _retry_all_now(self) -> None:
+        now = time.monotonic()
+        for path, (written, attempts, _due) in self._retry.items():
+            self._retry[path] = (written, attempts, now)
+
+    def _idle_wait(self) -> float | None:
+        """How long the writer may wait for new files: until the next retry or rescan is
+        due, not at all while found files wait (None: until a file comes)."""
+        if self._leftovers:
+            return 0.0
+        dues = [due for _, _, due in self._retry.values()]
+        if self._rescan_at is not None:
+            dues.append(self._rescan_at)
+        if not dues:
+            return None
+        return max(0.0, min(dues) - time.monotonic())
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        due = [(w, attempts) for w, attempts, at in self._retry.values() if at <= now]
+        if not due:
+            return
+        for start in range(0, len(due), REGISTER_BATCH):
+            batch = due[start : start + REGISTER_BATCH]
+            for written, _ in batch:
+                del self._retry[written.path]
+            if self._register(batch) == FAILED_NOW:
+                return  # still failing: the others wait for their own turn
+        if not self._retry:
+            self.write_error = ""  # every file is registered again
+
+    def _find_leftovers(self) -> None:
+        """At start: find the complete files of this pipeline that have no row yet
+        (written before a crash, or whose registration failed before a restart)."""
+        self._rescan_at = None
+        if self.writer.db is None:
+            return
+        try:
+            paths = self.writer.unregistered_paths()
+        except Exception as e:
+            self._rescan_at = time.monotonic() + RESCAN_AFTER_S
+            self._fault(
+                "rescan_failed",
+                f"looking up unregistered files failed (again in {RESCAN_AFTER_S:g} s): {e}",
+            )
+            return
+        # Bounded: what does not fit is found by the next scan, once these are done.
+        self._leftovers = collections.deque(paths[: self.config.max_retry_files])
+        self._leftovers_beyond = len(paths) > self.config.max_retry_files
+        if paths:
+            self.report(
+                "info",
+                f"{len(paths)} file(s) written before this start have no SupRsync row: "
+                "registering them",
+            )
+
+    def _register_some_leftovers(self) -> None:
+        if not self._leftovers:
+            return
+        batch = []
+        while self._leftovers and len(batch) < LEFTOVER_BATCH:
+            path = self._leftovers.popleft()
+            try:
+                batch.append((self.writer.describe(path), 0))
+            except ValueError as e:
+                self._fault("unreadable_file", f"{path} is not a readable visibility file: {e}")
+        if batch and self._register(batch) != FAILED_NOW:
+            self._retry_all_now()
+        if not self._leftovers and self._leftovers_beyond:
+            self._rescan_at = time.monotonic()
+
+    @property
+    def pending_registration(self) -> int:
+        """Files written and waiting for a registration retry."""
+        return len(self._retry)
+
+    @property
+    def write_errors(self) -> int:
+        """Files that could not be written (their data are lost)."""
+        return self.counters["write_failed"]
 
     # ---- monitoring ----------------------------------------------------------------------
 
@@ -445,6 +638,9 @@ class RecordingEngine:
             "files_written": self.files_written,
             "bytes_written": self.bytes_written,
             "write_errors": self.write_errors,
+            "files_registered": self.files_registered,
+            "pending_registration": self.pending_registration,
+            "counters": dict(self.counters),
             "last_file": self.last_file,
             "last_error": self.last_error,
             "data_rate": round(self.data_rate(now), 1),

@@ -20,13 +20,12 @@ Rules (as the OVRO-LWA data recorder, with its weaknesses fixed):
 from __future__ import annotations
 
 import math
-import os
-import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ... import runtime
 from ...timeutil import MS_PER_DAY, mjd_mpm_to_unix, unix_to_mjd_mpm, utc_iso
 
 #: A start or stop this far in the past is still accepted (a request's transit time).
@@ -52,17 +51,40 @@ class RequestTime:
     was_now: bool
 
 
+#: The MJDs a request may name: 1970-01-01 to 9999-12-31 (what a unix time and a UTC date
+#: can hold); anything else is refused with a message naming the parameter.
+MIN_MJD, MAX_MJD = 40587, 2_973_483
+#: Longest text taken for a number (a longer one is refused before any conversion).
+_MAX_NUMBER_TEXT = 32
+
+
 def _as_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise ScheduleError(f"{name} must be an integer, not {value!r}")
     if isinstance(value, float):
-        if not value.is_integer():
+        if not value.is_integer():  # nan and inf included
             raise ScheduleError(f"{name} must be an integer, not {value!r}")
         return int(value)
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str) or len(value) > _MAX_NUMBER_TEXT:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ScheduleError(f"{name} must be an integer or 'now', not {shown}")
     try:
-        return int(str(value).strip())
+        return int(value.strip())
     except ValueError:
         raise ScheduleError(f"{name} must be an integer or 'now', not {value!r}") from None
+
+
+def _in_range(name: str, value: int, low: int, high: int, unit: str = "") -> int:
+    if not low <= value <= high:
+        shown = (
+            str(value)
+            if abs(value) < 10**20
+            else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        )
+        raise ScheduleError(f"{name} must be within {low}..{high}{unit}, not {shown}")
+    return value
 
 
 def request_time(
@@ -77,7 +99,8 @@ def request_time(
         lead: what ``"now"`` adds to ``now``.
 
     Raises:
-        ScheduleError: a missing keyword or a value that is not an MJD/MPM.
+        ScheduleError: a missing keyword or a value that is not an MJD/MPM (huge and
+            non-finite numbers included), naming the parameter.
     """
 
     def pick(key):
@@ -96,10 +119,8 @@ def request_time(
         return RequestTime(t=t, mjd=day, mpm=ms, was_now=True)
     if mpm is None:
         raise ScheduleError(f"Missing required keyword(s): {which}_mpm (or mpm)")
-    day = _as_int(f"{which}_mjd", mjd)
-    ms = _as_int(f"{which}_mpm", mpm)
-    if not 0 <= ms < MS_PER_DAY:
-        raise ScheduleError(f"{which}_mpm must be within 0..{MS_PER_DAY - 1} ms, not {ms}")
+    day = _in_range(f"{which}_mjd", _as_int(f"{which}_mjd", mjd), MIN_MJD, MAX_MJD)
+    ms = _in_range(f"{which}_mpm", _as_int(f"{which}_mpm", mpm), 0, MS_PER_DAY - 1, " ms")
     return RequestTime(t=mjd_mpm_to_unix(day, ms), mjd=day, mpm=ms, was_now=False)
 
 
@@ -178,22 +199,19 @@ class Schedule:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # A commit survives a crash or kill of the agent without waiting for the disk;
-        # only a power cut can take the last seconds' requests (see the docs page).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS operations ("
-            " id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL,"
-            " start REAL NOT NULL, stop REAL, state TEXT NOT NULL, created REAL NOT NULL,"
-            " actual_start REAL, actual_stop REAL, files INTEGER NOT NULL DEFAULT 0,"
-            " resumed INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '')"
-        )
+        # CRASH_SAFE (WAL, synchronous=NORMAL): a request is committed before it is answered
+        # and survives a crash or kill -9; only a power cut can take the last seconds'
+        # requests, which a user sees in the answers and sends again (see the docs page).
+        self._db = runtime.connect(path, runtime.Durability.CRASH_SAFE)
+        with runtime.transaction(self._db):
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS operations ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL,"
+                " start REAL NOT NULL, stop REAL, state TEXT NOT NULL, created REAL NOT NULL,"
+                " actual_start REAL, actual_stop REAL, files INTEGER NOT NULL DEFAULT 0,"
+                " resumed INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '')"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -237,7 +255,7 @@ class Schedule:
             ScheduleError: ``t`` is in the past, or overlaps an open operation.
         """
         check_notice(t, now, "start")
-        with self._lock:
+        with self._lock, runtime.transaction(self._db):
             for op in self._rows("WHERE state IN (?, ?)", OPEN_STATES):
                 if op.end > t:
                     raise ScheduleError(
@@ -257,7 +275,7 @@ class Schedule:
             ScheduleError: ``t`` is in the past, or no operation is active then.
         """
         check_notice(t, now, "stop")
-        with self._lock:
+        with self._lock, runtime.transaction(self._db):
             for op in self._rows("WHERE state IN (?, ?)", OPEN_STATES):
                 if op.start < t <= op.end:
                     self._db.execute("UPDATE operations SET stop = ? WHERE id = ?", (t, op.id))
@@ -268,7 +286,7 @@ class Schedule:
 
     def _update(self, op_id: int, **values) -> Operation:
         cols = ", ".join(f"{k} = ?" for k in values)
-        with self._lock:
+        with self._lock, runtime.transaction(self._db):
             self._db.execute(
                 f"UPDATE operations SET {cols} WHERE id = ?", (*values.values(), op_id)
             )

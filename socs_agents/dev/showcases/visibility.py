@@ -39,6 +39,10 @@ def show(site_file: str, inst: dict, workdir: str, recording_s: float = 3.0) -> 
     iid = inst["instance-id"]
     cargs = ["--site-file", site_file, "--site-host", "localhost"]
     password = _first(args, "--recorder-password")
+    password_file = _first(args, "--recorder-password-file")
+    if password is None and password_file is not None:
+        with open(_abs(password_file, workdir), encoding="utf-8") as f:
+            password = f.read().strip()
     client = OCSClient(iid, args=cargs)
     admin = OCSClient(iid, privs=password, args=cargs) if password else client
 
@@ -83,6 +87,12 @@ def show(site_file: str, inst: dict, workdir: str, recording_s: float = 3.0) -> 
         folder = _abs(r["response"], workdir)
         files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         print(f"    {pid:<12} {len(files)} file(s) in {folder}")
+        status = OCSClient(pid, args=cargs).monitor.status().session.get("data") or {}
+        faults = {k: n for k, n in (status.get("counters") or {}).items() if n}
+        print(
+            f"    {'':<12} registered {status.get('files_registered')}, waiting "
+            f"{status.get('pending_registration')}, refusals/faults {faults or 'none'}"
+        )
         rargs = recorders.get(pid, {})
         db_paths.add(_abs(_first(rargs, "--db-path", "/data/so/databases/suprsync.db"), workdir))
     for db_path in sorted(db_paths):
