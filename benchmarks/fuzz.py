@@ -82,7 +82,7 @@ def random_scalar(rng: random.Random):
     if kind == 2:
         return "".join(chr(rng.randrange(1, 0x2FFF)) for _ in range(rng.randrange(0, 40)))
     if kind == 3:
-        return rng.choice(["", "now", "../../etc/passwd", "/etc/shadow", "a\x00b", "x" * 5000])
+        return rng.choice(["", "later", "../../etc/passwd", "/etc/shadow", "a\x00b", "x" * 5000])
     if kind == 4:
         return rng.uniform(-1e9, 1e9)
     if kind == 5:
