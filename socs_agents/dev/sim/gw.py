@@ -147,13 +147,14 @@ def stream(
     writers: int = 1,
     rate: float | None = None,
     deadline: float | None = None,
-) -> list[tuple[float, float, int, str]]:
+) -> list[tuple[float, float, int, str, int]]:
     """Post ``bodies`` to ``/streamdata`` from ``writers`` keep-alive connections (body i
     goes to writer i % writers), at most ``rate`` writes/s in all.
 
-    Returns one ``(sent_at, latency_s, status, resp)`` per write, in completion order.
+    Returns one ``(sent_at, latency_s, status, resp, body_index)`` per write, in completion
+    order (``time.monotonic`` seconds).
     """
-    results: list[tuple[float, float, int, str]] = []
+    results: list[tuple[float, float, int, str, int]] = []
     lock = threading.Lock()
     t_start = time.monotonic()
 
@@ -172,7 +173,7 @@ def stream(
                 t1 = time.monotonic()
                 resp = answer.get("resp", "") if isinstance(answer, dict) else str(answer)
                 with lock:
-                    results.append((t0, t1 - t0, status, resp))
+                    results.append((t0, t1 - t0, status, resp, i))
         finally:
             client.close()
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [json.dumps(c).encode() for c in chunks(strain, a.gps_start, a.chunk)]
     results = stream(a.url.rstrip("/"), bodies, a.writers, a.rate)
     by = {}
-    for *_, status, resp in results:
+    for _, _, status, resp, _ in results:
         by[(status, resp)] = by.get((status, resp), 0) + 1
     print(f"{len(results)} writes: " + ", ".join(f"{s} {r}: {n}" for (s, r), n in by.items()))
     if a.train:
