@@ -37,7 +37,9 @@ def limited_request_factory(max_body_bytes: int) -> type[server.Request]:
                 self.body_too_large = True
                 self.content = io.BytesIO()
                 return
-            super().gotLength(length)
+            # in memory, whatever the size under the limit (Twisted spools bodies over
+            # 100 kB to a temporary file: one 4,096-sample chunk is about that)
+            self.content = io.BytesIO()
 
         def handleContentChunk(self, data: bytes) -> None:
             if self.body_too_large:

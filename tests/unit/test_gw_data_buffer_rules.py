@@ -57,6 +57,34 @@ def test_per_sample_times_form(n, t0, dt):
     assert chunk.t == t and chunk.t0 == t0
 
 
+@given(strain, finite, st.floats(min_value=1e-300, max_value=1e300), st.booleans())
+def test_stored_form_is_compact_and_exact(h, t0, dt, spaced):
+    seps = (", ", ": ") if spaced else (",", ":")
+    raw = json.dumps({"h": h, "t": [t0, dt]}, separators=seps).encode()
+    chunk = rules.parse_chunk(raw)
+    assert chunk.verbatim
+    stored = rules.stored_form(raw, chunk)
+    assert b" " not in stored and stored.startswith(b'{"h":[')
+    assert stored == rules.encode_chunk(chunk)  # Python's repr on both sides
+    assert json.loads(stored) == {"h": h, "t": [t0, dt]}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"t": [0.0, 1.0], "h": [1.5]}',  # t first
+        b'{"h": [1, 2.5], "t": [0.0, 1.0]}',  # an integer
+        b'{"h": [1.5], "t": [0.0, 1.0], "x": "a b"}',  # another key
+    ],
+)
+def test_other_bodies_are_encoded_anew(raw):
+    chunk = rules.parse_chunk(raw)
+    assert not chunk.verbatim
+    stored = rules.stored_form(raw, chunk)
+    assert stored == rules.encode_chunk(chunk) and stored.startswith(b'{"h":[')
+    assert b'"x"' not in stored
+
+
 def test_shell_fixture_is_accepted():
     t0 = 1126259452.39990234
     rules.parse_chunk(body([1e-22, 2e-22, 3e-22, 4e-22], [t0 + k / 4096 for k in range(4)]))

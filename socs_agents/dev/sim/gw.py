@@ -147,14 +147,15 @@ def stream(
     writers: int = 1,
     rate: float | None = None,
     deadline: float | None = None,
+    results: list | None = None,
 ) -> list[tuple[float, float, int, str, int]]:
     """Post ``bodies`` to ``/streamdata`` from ``writers`` keep-alive connections (body i
     goes to writer i % writers), at most ``rate`` writes/s in all.
 
     Returns one ``(sent_at, latency_s, status, resp, body_index)`` per write, in completion
-    order (``time.monotonic`` seconds).
+    order (``time.monotonic`` seconds), appended to ``results`` (if given) as they come.
     """
-    results: list[tuple[float, float, int, str, int]] = []
+    results = [] if results is None else results
     lock = threading.Lock()
     t_start = time.monotonic()
 
