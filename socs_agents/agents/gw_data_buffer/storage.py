@@ -316,8 +316,8 @@ class DataStore:
             return TrainResult(True, False, self.n_itm, self.buff_size, self.seq)
         if not (force or rules.should_freeze(self.buff_size, self.max_size)):
             return TrainResult(False, False, self.n_itm, self.buff_size, self.seq)
-        # names linked by earlier commits are durable before the store says FROZEN
-        sync_dir(self.data_dir)
+        # (names linked by earlier commits are made durable by their own folder fsync; the
+        # service holds the FROZEN answer until those are done)
         now = time.time()
         try:
             self._set(

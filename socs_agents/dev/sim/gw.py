@@ -186,17 +186,31 @@ def stream(
     return results
 
 
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Stream simulated strain (seeded coloured noise with a chirp in the "
+        "middle) to a GW data buffer's /streamdata, ours or the reference's."
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="The front's URL.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Seconds of strain.")
+    parser.add_argument(
+        "--chunk", type=int, default=SAMPLE_RATE, help="Samples per chunk (4096 Hz)."
+    )
+    parser.add_argument(
+        "--gps-start",
+        type=float,
+        default=GW150914_GPS - 5,
+        help="Absolute GPS time of the first sample.",
+    )
+    parser.add_argument("--writers", type=int, default=1, help="Keep-alive connections.")
+    parser.add_argument("--rate", type=float, default=None, help="Writes per second in all.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the noise.")
+    parser.add_argument("--train", action="store_true", help="POST /train afterwards.")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Stream simulated strain to a GW data buffer")
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--chunk", type=int, default=SAMPLE_RATE, help="samples per chunk")
-    parser.add_argument("--gps-start", type=float, default=GW150914_GPS - 5)
-    parser.add_argument("--writers", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=None, help="writes/s in all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", action="store_true", help="POST /train afterwards")
-    a = parser.parse_args(argv)
+    a = make_parser().parse_args(argv)
     strain = simulated_strain(a.seconds, a.seed, chirp_at=a.seconds / 2)
     bodies = [json.dumps(c).encode() for c in chunks(strain, a.gps_start, a.chunk)]
     results = stream(a.url.rstrip("/"), bodies, a.writers, a.rate)
