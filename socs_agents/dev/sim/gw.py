@@ -4,6 +4,7 @@
   requests of the Airflow DAG (``train``/``stats``), the shell scripts (``streamdata.sh``,
   ``train.sh``, ``clean.sh``, ``stats.sh``) and the gwclient (``streamdata``).
 * :func:`simulated_strain`: seeded coloured noise with an injected chirp, at 4096 Hz.
+* :func:`read_strain`: strain from local files (HDF5, text; GWF with gwpy installed).
 * :func:`chunks`: cut strain into ``{"h": [...], "t": [t0, dt]}`` bodies with absolute GPS
   times (none of the gwclient's defects: no relative time, no re-sent chunk, no off-by-one).
 * :func:`stream`: send chunks from several keep-alive writers; per-write latencies.
@@ -62,11 +63,54 @@ def simulated_strain(
     return out
 
 
-def chunks(strain: Sequence[float], gps_start: float, size: int) -> Iterator[dict]:
-    """Consecutive bodies of ``size`` samples; chunk k starts at sample k*size, at GPS
-    ``gps_start + k*size*dt``."""
+def chunks(strain: Sequence[float], gps_start: float, size: int, dt: float = DT) -> Iterator[dict]:
+    """Consecutive bodies of ``size`` samples; the chunk starting at sample k is at GPS
+    ``gps_start + k*dt`` (absolute, and the first sample's own time)."""
     for k in range(0, len(strain), size):
-        yield {"h": list(strain[k : k + size]), "t": [gps_start + k * DT, DT]}
+        yield {"h": [float(x) for x in strain[k : k + size]], "t": [gps_start + k * dt, dt]}
+
+
+def read_strain(path: str) -> tuple[list[float], float, float]:
+    """Strain from a local file: ``(samples, gps_start, dt)``.
+
+    * HDF5 (``.hdf5``, ``.h5``): the GWOSC layout, dataset ``strain/Strain`` with attributes
+      ``Xstart`` (GPS) and ``Xspacing`` (dt).
+    * Text (anything else): one ``gps strain`` pair per line (dt from the first two times)
+      or one strain value per line (GPS 0, 4096 Hz); ``#`` comments skipped.
+    * GWF (``.gwf``): through gwpy, when it is installed (``TimeSeries.read(path, channel)``
+      with the channel after a colon: ``file.gwf:L1:GWOSC-4KHZ_R1_STRAIN``).
+    """
+    lower = path.lower()
+    if lower.endswith((".hdf5", ".h5")):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            ds = f["strain/Strain"]
+            return (
+                [float(x) for x in ds[()]],
+                float(ds.attrs["Xstart"]),
+                float(ds.attrs["Xspacing"]),
+            )
+    if ".gwf" in lower:
+        from gwpy.timeseries import TimeSeries  # optional: only for GWF files
+
+        file_path, _, channel = path.partition(":")
+        ts = TimeSeries.read(file_path, channel)
+        return [float(x) for x in ts.value], float(ts.t0.value), float(ts.dt.value)
+    times, values = [], []
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].split()
+            if not line:
+                continue
+            if len(line) >= 2:
+                times.append(float(line[0]))
+                values.append(float(line[1]))
+            else:
+                values.append(float(line[0]))
+    if times and len(times) >= 2:
+        return values, times[0], times[1] - times[0]
+    return values, times[0] if times else 0.0, DT
 
 
 class FrontClient:
@@ -206,13 +250,24 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=None, help="Writes per second in all.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the noise.")
     parser.add_argument("--train", action="store_true", help="POST /train afterwards.")
+    parser.add_argument(
+        "--from-file",
+        default=None,
+        help="Stream strain from a local file instead of simulating it: HDF5 (GWOSC "
+        "layout), text ('gps strain' or one value per line), or GWF with gwpy installed "
+        "('file.gwf:CHANNEL').",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     a = make_parser().parse_args(argv)
-    strain = simulated_strain(a.seconds, a.seed, chirp_at=a.seconds / 2)
-    bodies = [json.dumps(c).encode() for c in chunks(strain, a.gps_start, a.chunk)]
+    if a.from_file:
+        strain, gps_start, dt = read_strain(a.from_file)
+    else:
+        strain = simulated_strain(a.seconds, a.seed, chirp_at=a.seconds / 2)
+        gps_start, dt = a.gps_start, DT
+    bodies = [json.dumps(c).encode() for c in chunks(strain, gps_start, a.chunk, dt)]
     results = stream(a.url.rstrip("/"), bodies, a.writers, a.rate)
     by = {}
     for _, _, status, resp, _ in results:
