@@ -76,6 +76,8 @@ class BufferService:
         self.started = time.time()
         # seq of a committed write -> its acknowledgement (fired after the folder fsync)
         self._unacked: dict[int, defer.Deferred] = {}
+        #: writes taken and not answered yet (changed on the reactor only)
+        self.in_flight = 0
 
     # ---- snapshots (reactor, no queueing) ----------------------------------------------
 
@@ -99,10 +101,15 @@ class BufferService:
     def write(self, raw: bytes) -> defer.Deferred:
         """Store one ``/streamdata`` body. Fires with a :class:`CommitResult` (``stored``
         False when frozen); fails with BadInput, StorageError or QueueFull."""
+        self.in_flight += 1
         d = self.stage_pool.submit(stage_chunk, raw, self.store.staging_dir)
         d.addCallback(lambda staged: self.serial.submit(self.store.commit, staged))
         d.addCallback(self._acknowledge)
-        return d
+        return d.addBoth(self._answered)
+
+    def _answered(self, value):
+        self.in_flight -= 1
+        return value
 
     def _acknowledge(self, result: CommitResult):
         if not result.stored:
@@ -203,9 +210,14 @@ class BufferService:
         }
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish queued work and close the store (blocking: at the end of the process)."""
+        """Answer every write taken, then close the store (blocking: call it from a thread
+        while the reactor runs, at the end of the process). New writes are refused."""
+        deadline = time.monotonic() + timeout
         self.stage_pool.stop(drain=True, timeout=timeout)
-        self.sync_pool.stop(drain=True, timeout=timeout)
+        # staged writes still pass through the reactor to the store and the sync pool
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # bounded, at shutdown only
+        self.sync_pool.stop(drain=True, timeout=max(0.1, deadline - time.monotonic()))
         self.serial.call(self.store.close)
         self.serial.stop(drain=True, timeout=timeout)
 
