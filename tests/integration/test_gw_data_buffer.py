@@ -234,11 +234,19 @@ def test_access_levels_and_tokens(site, tmp_path):
     token_file = tmp_path / "tokens"
     token_file.write_text("# accepted tokens\ns3cret-token\n")
     buf = Buffer(
-        site, str(tmp_path), f"gw-auth-{port}", port, extra=[["--token-file", str(token_file)]]
+        site,
+        str(tmp_path),
+        f"gw-auth-{port}",
+        port,
+        extra=[["--token-file", str(token_file)], ["--max-body", 200_000]],
     )
     buf.start()
     try:
         c = buf.http()
+        # a body over --max-body: 413 before it is parsed, and the connection goes on
+        big = json.dumps({"h": [1e-21] * 60_000, "t": [0.0, 1.0]}).encode()
+        status, answer = c.post("/streamdata", big)
+        assert status == 413 and answer["reason"] == "body_too_large"
         assert c.streamdata(bodies(1)[0])[1]["resp"] == "CREATED"
         # the DAG's airflow/airflow is refused now; the configured token is accepted
         status, answer = c.train("airflow", "airflow")

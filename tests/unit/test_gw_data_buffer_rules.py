@@ -287,3 +287,29 @@ def test_any_token_line_is_accepted_as_itself(token):
 )
 def test_bearer_token(header, token):
     assert rules.bearer_token(header) == token
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_bearer_token_any_header(scheme, value):
+    header = f"{scheme} {value}"
+    token = rules.bearer_token(header)
+    if token is not None:
+        assert (
+            scheme.strip().lower() == "bearer" or header.strip().split(" ")[0].lower() == "bearer"
+        )
+        assert token == token.strip() and token
+
+
+@given(st.one_of(st.none(), st.text(max_size=50), st.integers(), st.booleans()), st.booleans())
+def test_clean_body_any_msg(msg, with_token):
+    body = {"msg": msg}
+    if with_token:
+        body["token"] = "tok"
+    raw = json.dumps(body).encode()
+    try:
+        token = rules.parse_clean(raw)
+    except BadInput as e:
+        assert not isinstance(msg, str) or "\x00" in msg
+        assert e.reason == "bad_msg"
+    else:
+        assert isinstance(msg, str) and token == ("tok" if with_token else None)
