@@ -15,4 +15,5 @@ agents = {
         "module": "socs_agents.agents.visibility_manager.agent",
         "entry_point": "main",
     },
+    "GWDataBuffer": {"module": "socs_agents.agents.gw_data_buffer.agent", "entry_point": "main"},
 }

@@ -1,0 +1,1 @@
+"""GWDataBuffer: the gravitational-wave strain datastore as an OCS agent."""
