@@ -56,16 +56,26 @@ def _demo_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def _simulate_smurf(argv: list[str]) -> int:
-    from .dev.sim.smurf import main as simulate
+#: subcommand -> (simulator module of socs_agents.dev.sim, help); each parses its own arguments
+SIMULATORS = {
+    "simulate-smurf": ("smurf", "write smurf files and announce them over UDP (see its --help)"),
+    "simulate-dune": (
+        "dune",
+        "write DUNE HDF5 files and play the orchestrator's HTTP clients (see its --help)",
+    ),
+    "gw-stream": ("gw", "stream strain to a GWDataBuffer as its clients do (see its --help)"),
+    "simulate-detector": (
+        "detector",
+        "stream detector images over ZeroMQ for a DAQWriter (see its --help)",
+    ),
+}
 
-    return simulate(argv)
 
+def _simulate(command: str, argv: list[str]) -> int:
+    import importlib
 
-def _simulate_dune(argv: list[str]) -> int:
-    from .dev.sim.dune import main as simulate
-
-    return simulate(argv)
+    module = importlib.import_module(f"socs_agents.dev.sim.{SIMULATORS[command][0]}")
+    return module.main(argv)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -91,17 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_hub_command)
 
     # Parsed by the simulator itself (main() hands it the rest of the command line).
-    sub.add_parser(
-        "simulate-smurf",
-        add_help=False,
-        help="write smurf files and announce them over UDP (see its --help)",
-    )
-
-    sub.add_parser(
-        "simulate-dune",
-        add_help=False,
-        help="write DUNE HDF5 files and play the orchestrator's HTTP clients (see its --help)",
-    )
+    for command, (_module, text) in SIMULATORS.items():
+        sub.add_parser(command, add_help=False, help=text)
 
     p = sub.add_parser("demo", help="run the site-config's agents here (hub + HostManager)")
     p.add_argument("action", choices=["start", "stop"])
@@ -112,10 +113,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["simulate-smurf"]:
-        return _simulate_smurf(argv[1:])
-    if argv[:1] == ["simulate-dune"]:
-        return _simulate_dune(argv[1:])
+    if argv[:1] and argv[0] in SIMULATORS:
+        return _simulate(argv[0], argv[1:])
     args = make_parser().parse_args(argv)
     return args.func(args)
 

@@ -103,25 +103,27 @@ def _show_pysmurf_monitor(site_file: str, inst: dict) -> None:
     print(f"  look further: .venv/bin/suprsync-db --db {db_path} list")
 
 
-def _show_file_orchestrator(site_file: str, inst: dict) -> None:
-    from .showcases.file_orchestrator import show
-
-    show(site_file, inst, _demo_dir())
-
-
-def _show_visibility_manager(site_file: str, inst: dict) -> None:
-    """One call through the manager drives every pipeline (see the showcase module)."""
-    from .showcases.visibility import show
-
-    show(site_file, inst, _demo_dir())
-
-
-#: agent class -> what the demo shows of it once it answers
-SHOWCASES: dict = {
-    "PysmurfMonitor": _show_pysmurf_monitor,
-    "FileOrchestrator": _show_file_orchestrator,
-    "VisibilityManager": _show_visibility_manager,
+#: agent class -> module of .showcases whose ``show(site_file, inst, workdir)`` the demo runs
+#: once an instance answers
+SHOWCASES: dict[str, str] = {
+    "FileOrchestrator": "file_orchestrator",
+    "VisibilityManager": "visibility",
+    "GWDataBuffer": "gw_data_buffer",
+    "DAQWriter": "daq_writer",
 }
+
+
+def _show(site_file: str, inst: dict) -> None:
+    agent_class = inst["agent-class"]
+    if agent_class == "PysmurfMonitor":
+        _show_pysmurf_monitor(site_file, inst)
+    elif agent_class in SHOWCASES:
+        import importlib
+
+        module = importlib.import_module(f"{__package__}.showcases.{SHOWCASES[agent_class]}")
+        module.show(site_file, inst, _demo_dir())
+    else:
+        _show_operations(site_file, inst)
 
 
 def start(site_file: str, timeout: float = 60.0) -> int:
@@ -185,7 +187,7 @@ def start(site_file: str, timeout: float = 60.0) -> int:
         print(f"  {inst['agent-class']:<20} {iid:<24} answering")
 
     for inst in managed:
-        SHOWCASES.get(inst["agent-class"], _show_operations)(site_file, inst)
+        _show(site_file, inst)
 
     target, op = (managed[0]["instance-id"], "run") if managed else (hm_id, "manager")
     print(
