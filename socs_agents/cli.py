@@ -68,6 +68,12 @@ def _simulate_dune(argv: list[str]) -> int:
     return simulate(argv)
 
 
+def _simulate_detector(argv: list[str]) -> int:
+    from .dev.sim.detector import main as simulate
+
+    return simulate(argv)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="socs-agents", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +109,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="write DUNE HDF5 files and play the orchestrator's HTTP clients (see its --help)",
     )
 
+    sub.add_parser(
+        "simulate-detector",
+        add_help=False,
+        help="stream detector images over ZeroMQ for the DAQWriter (see its --help)",
+    )
+
     p = sub.add_parser("demo", help="run the site-config's agents here (hub + HostManager)")
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--site-file", help="site-config (default: ./site-config.yaml)")
@@ -116,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate_smurf(argv[1:])
     if argv[:1] == ["simulate-dune"]:
         return _simulate_dune(argv[1:])
+    if argv[:1] == ["simulate-detector"]:
+        return _simulate_detector(argv[1:])
     args = make_parser().parse_args(argv)
     return args.func(args)
 

@@ -15,4 +15,5 @@ agents = {
         "module": "socs_agents.agents.visibility_manager.agent",
         "entry_point": "main",
     },
+    "DAQWriter": {"module": "socs_agents.agents.daq_writer.agent", "entry_point": "main"},
 }
