@@ -116,11 +116,19 @@ def _show_visibility_manager(site_file: str, inst: dict) -> None:
     show(site_file, inst, _demo_dir())
 
 
+def _show_daq_writer(site_file: str, inst: dict) -> None:
+    """The simulator streams; write, refusals, abort, the file read back (see the module)."""
+    from .showcases.daq_writer import show
+
+    show(site_file, inst, _demo_dir())
+
+
 #: agent class -> what the demo shows of it once it answers
 SHOWCASES: dict = {
     "PysmurfMonitor": _show_pysmurf_monitor,
     "FileOrchestrator": _show_file_orchestrator,
     "VisibilityManager": _show_visibility_manager,
+    "DAQWriter": _show_daq_writer,
 }
 
 

@@ -152,9 +152,11 @@ class DetectorSimulator:
             self._thread.join(5)
             self._thread = None
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
+        """Stop and close; ``linger_s`` lets queued images still go out (a PUSH reader
+        that is behind would otherwise lose the last ones)."""
         self.stop()
-        self.socket.close(linger=0)
+        self.socket.close(linger=int(linger_s * 1000))
         self.context.term()
 
     def __enter__(self) -> DetectorSimulator:
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         print(f"sent {sim.sent} images", flush=True)
-        sim.close()
+        sim.close(linger_s=10.0 if args.count else 0.0)
     return 0
 
 
