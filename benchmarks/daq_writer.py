@@ -233,7 +233,6 @@ def throughput(bench: Bench, iid: str, shape, rate: float, seconds: float) -> di
     n = max(20, int(rate * seconds))
     sim = start_sim(bench.url, shape, rate, "pub")
     try:
-        time.sleep(0.2)  # subscribers see the images of a bound source after a moment
         path = os.path.join(bench.root, f"tp_{iid}_{shape[0]}_{int(rate)}.h5")
         pid = agent_pid(bench.agents[iid])
         cpu0 = cpu_seconds(pid)
@@ -296,7 +295,6 @@ def latencies(bench: Bench, iid: str, shape) -> dict:
     assert reply.session["data"]["state"] == "timeout"
     sim = start_sim(bench.url, shape, 100, "pub")
     try:
-        time.sleep(0.5)
         aborts = []
         for k in range(3):
             path = os.path.join(bench.root, f"abort{k}.h5")

@@ -166,7 +166,7 @@ def test_abort_leaves_a_valid_partial_file_and_concurrent_is_refused(rig):
     reply = client.write.wait(timeout=10)
     data = reply.session["data"]
     assert reply.session["success"] is False and data["state"] == "aborted"
-    assert "aborted through OCS" in data["message"]
+    assert "aborted (through OCS: abort of the write task)" in data["message"]
     k = data["n_written"]
     assert 5 <= k < 500 and f"holds {k} images" in data["message"]
     _, attrs = check_images(rig.path("abort.h5"), k)

@@ -168,7 +168,7 @@ class DAQWriter:
         acq = getattr(self, "_write_acq", None)
         if acq is None or acq.done.is_set():
             return True, "no write was running"
-        self.engine.stop("aborted through OCS (abort of the write task)")
+        self.engine.stop("through OCS: abort of the write task")
         return True, "abort requested"
 
     def status(self, session, params=None):

@@ -218,7 +218,7 @@ class WriterAPI:
         return Wait(acq, self.sync_timeout, finish)
 
     def _stop(self) -> Answer | Wait:
-        acq = self.engine.stop("stopped through the web API (POST /writer/stop)")
+        acq = self.engine.stop("through the web API: POST /writer/stop")
         if acq is None:
             return self.ok("No acquisition was running.", writer=self.writer_status())
 

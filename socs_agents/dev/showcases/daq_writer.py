@@ -86,7 +86,8 @@ def show(site_file: str, inst: dict, workdir: str) -> None:
             f"{ids[0]}..{ids[-1]}, status {sorted(set(g['status'][:].tolist()))}, "
             f"byte-identical to the simulator's images: {same}"
         )
-        print(f"  attributes: { {k: g.attrs[k] for k in ('run_id', 'state', 'n_images_written')} }")
+        attrs = {k: g.attrs[k] for k in ("run_id", "state", "n_images_written")}
+        print("  attributes: " + ", ".join(f"{k}={v}" for k, v in attrs.items()))
     with h5py.File(partial) as f:
         g = f[detector]
         print(
