@@ -147,7 +147,7 @@ class DAQWriter:
             acq = self.engine.start(
                 params["n_images"],
                 params["output_file"],
-                params["timeout"] or self.args.default_timeout,
+                self.args.default_timeout if params["timeout"] is None else params["timeout"],
                 params["run_id"],
                 source="ocs",
             )

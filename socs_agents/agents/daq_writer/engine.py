@@ -168,6 +168,8 @@ class WriteEngine:
             {k: 0 for k in ("requests", "refused", "images_written", "bytes_written")}
         )
         self.recent: collections.deque = collections.deque(maxlen=config.recent)
+        # recent and counters change on the request and registrar threads, are read anywhere
+        self._state_lock = threading.Lock()
 
     # ---- start-up ------------------------------------------------------------------------
 
@@ -181,7 +183,9 @@ class WriteEngine:
         for data in interrupted:
             self.report("warn", f"request {data['run_id']} was interrupted by a restart")
         # newest first, as the outcomes that follow are added
-        self.recent.extend(self.store.last(self.config.recent).result())
+        last = self.store.last(self.config.recent).result()
+        with self._state_lock:
+            self.recent.extend(last)
         return {"removed_temp_files": removed, "interrupted": len(interrupted)}
 
     # ---- requests ------------------------------------------------------------------------
@@ -210,7 +214,7 @@ class WriteEngine:
         with self._lock:
             running = self.current
             if running is not None and not running.done.is_set():
-                self.counters["refused"] += 1
+                self._count("refused")
                 r = running.request
                 raise Busy(
                     f"refused: a write is running (run_id {r.run_id}, {running.n_written} of "
@@ -220,16 +224,20 @@ class WriteEngine:
             try:
                 request = self.check(n_images, output_file, timeout, run_id, source)
             except ValueError:
-                self.counters["refused"] += 1
+                self._count("refused")
                 raise
             row = self.store.start(
                 {**request.as_dict(), "state": "writing", "success": None}
             ).result()
             acq = Acquisition(request, row, self.config.on_gap)
             self.current = acq
-            self.counters["requests"] += 1
+            self._count("requests")
         start_thread("daq-writer", self._run, acq, on_error=lambda e, tb: self.report("error", tb))
         return acq
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._state_lock:
+            self.counters[name] += n
 
     def stop(self, reason: str = "stop requested") -> Acquisition | None:
         """Ask the running request to end (its outcome says ``aborted``: ``reason``)."""
@@ -244,11 +252,13 @@ class WriteEngine:
     def status(self) -> dict:
         acq = self.current
         running = acq is not None and not acq.done.is_set()
+        with self._state_lock:
+            last, counters = list(self.recent), dict(self.counters)
         return {
             "state": "writing" if running else "idle",
             "current": acq.progress() if running else None,
-            "last": list(self.recent),
-            "counters": dict(self.counters),
+            "last": last,
+            "counters": counters,
             "stream_url": self.config.stream_url,
             "socket_type": self.config.socket_type,
         }
@@ -294,10 +304,11 @@ class WriteEngine:
             self.store.update(acq.row, outcome).result()
         except Exception as e:
             self.report("error", f"could not store the outcome of {req.run_id}: {e}")
-        self.counters[end] += 1
-        self.counters["images_written"] += outcome["n_written"]
-        self.counters["bytes_written"] += outcome["bytes_written"]
-        self.recent.appendleft({**outcome, "request_number": acq.row})
+        with self._state_lock:
+            self.counters[end] += 1
+            self.counters["images_written"] += outcome["n_written"]
+            self.counters["bytes_written"] += outcome["bytes_written"]
+            self.recent.appendleft({**outcome, "request_number": acq.row})
         acq.state = end
         self.report("info" if outcome["success"] else "warn", outcome["message"])
         if written_file is not None and self.registrar is not None:
@@ -449,10 +460,11 @@ class WriteEngine:
             info = {"registered": False, "error": str(e)}
             self.report("error", f"could not register {path} in SupRsync: {e}")
         merged = self.store.merge(row, {"suprsync": info}).result()
-        for i, data in enumerate(self.recent):
-            if data.get("request_number") == row and merged is not None:
-                self.recent[i] = {**merged, "request_number": row}
-                break
+        with self._state_lock:
+            for i, data in enumerate(self.recent):
+                if data.get("request_number") == row and merged is not None:
+                    self.recent[i] = {**merged, "request_number": row}
+                    break
 
     # ---- shutdown ------------------------------------------------------------------------
 
