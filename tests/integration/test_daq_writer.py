@@ -118,22 +118,40 @@ def test_exact_n_images_and_suprsync_row_with_md5(rig):
         ({"output_file": "{root}/../x.h5"}, "outside the data root"),
         ({"output_file": "{root}/run1.h5"}, "exists already"),
         ({"output_file": "{root}/no/x.h5"}, "does not exist"),
-        ({"n_images": 400, "output_file": "{root}/big.h5"}, None),
+        ({"output_file": "{root}/run1.h5/x.h5"}, "is not a folder"),
     ],
 )
 def test_refusals(rig, params, why):
-    if why is None:
-        # Not enough disk: ask for more than the disk holds (the last image size is known).
-        params = {**params, "n_images": 500}
-        free = os.statvfs(rig.root).f_bavail * os.statvfs(rig.root).f_frsize
-        if 500 * SHAPE[0] * SHAPE[1] * 2 < free:
-            pytest.skip("this disk has room for any request the writer accepts")
     full = {"n_images": 2, "output_file": rig.path("r.h5"), **params}
     full["output_file"] = full["output_file"].format(root=rig.root)
     reply = rig.client().write(**full)
     assert reply.session["success"] is False
     assert why in reply.session["data"]["message"] and reply.session["data"]["refused"]
     assert not os.path.exists(rig.path("r.h5"))
+
+
+def test_not_enough_free_disk_is_refused(rig, agent_runner, site):
+    """A writer that must leave more free space than any disk has (``--reserve-bytes``
+    1 EB) refuses every request, from the real free space of the data root."""
+    agent_runner(
+        "DAQWriter",
+        "daq-writer-full",
+        [
+            ["--stream-url", rig.stream],
+            ["--data-root", rig.root],
+            ["--reserve-bytes", 10**18],
+            ["--suprsync-db", "none"],
+            ["--http-port", 0],
+            ["--access-policy", f"override:{PW2},{PW3}"],
+        ],
+    )
+    reply = site.client("daq-writer-full", privs=PW2).write(
+        n_images=1, output_file=rig.path("full.h5")
+    )
+    assert reply.session["success"] is False
+    assert reply.session["data"]["refused"] == "disk_full"
+    assert "not enough free disk" in reply.session["data"]["message"]
+    assert not os.path.exists(rig.path("full.h5"))
 
 
 def test_timeout_leaves_no_file(rig):
