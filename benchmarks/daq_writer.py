@@ -1,7 +1,9 @@
 """DAQWriter: this machine's floor first (same run), then the agent as a process on a real
 hub, the detector simulator streaming from another process.
 
-.venv/bin/python benchmarks/daq_writer.py [--quick] [--write-docs] [--dir DIR]
+python3 benchmarks/daq_writer.py [--quick] [--write-docs] [--dir DIR]
+
+From a fresh clone this one command builds ``.venv`` (``make``) and runs itself there.
 
 Floor: sustained durable write (os.write + fsync), h5py direct-chunk writes, h5py with
 bitshuffle/LZ4, and ZeroMQ receive + write in one process (PUSH source, so nothing is lost).
@@ -22,9 +24,17 @@ import sys
 import tempfile
 import time
 
-import h5py
-import numpy as np
-import zmq
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, ".venv")
+if os.path.realpath(sys.prefix) != os.path.realpath(VENV):
+    # one command from a fresh clone: build the project's environment, run in it
+    subprocess.run(["make", "-C", ROOT, ".venv/.installed"], check=True)
+    python = os.path.join(VENV, "bin", "python")
+    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, median, rst_table  # noqa: E402
