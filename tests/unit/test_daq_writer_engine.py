@@ -158,3 +158,28 @@ def test_outcomes_survive_restart_and_interrupted_requests(tmp_path, url):
     assert last[0]["state"] == "interrupted" and "interrupted" in last[0]["message"]
     assert not (root / f".cut.h5.abcd{TEMP_SUFFIX}").exists()
     engine.shutdown()
+
+
+def test_pull_socket_reads_a_push_source_without_loss(tmp_path, url):
+    engine, root, *_ = make_engine(tmp_path, url, socket_type="pull")
+    with DetectorSimulator(url, SHAPE, "uint16", rate=0, socket_type="push").start():
+        out = run(engine, 200, str(root / "push.h5"), 5.0, "r")
+    # PUSH waits for the reader: as fast as it can, and still no gap
+    assert out["success"] and out["n_written"] == 200 and out["n_gaps"] == 0
+    with h5py.File(root / "push.h5") as h:
+        ids = h["detector/image_id"][:].tolist()
+        assert ids == list(range(ids[0], ids[0] + 200))
+    engine.shutdown()
+
+
+def test_abort_before_any_image_leaves_no_file(tmp_path, url):
+    engine, root, *_ = make_engine(tmp_path, url)
+    acq = engine.start(5, str(root / "none.h5"), 30.0, "r")
+    engine.stop("stopped early")
+    assert acq.done.wait(5)
+    out = acq.outcome
+    assert out["state"] == "aborted" and out["n_written"] == 0
+    assert "after 0 of 5 images; no file written" in out["message"]
+    assert not (root / "none.h5").exists()
+    assert not [n for n in os.listdir(root) if n.endswith(TEMP_SUFFIX)]
+    engine.shutdown()

@@ -92,6 +92,9 @@ class DetectorSimulator:
         self.socket = self.context.socket(zmq.PUB if socket_type == "pub" else zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # A PUSH send with no reader waits: wake up to see a stop (the socket must never be
+        # closed under a thread still sending on it).
+        self.socket.setsockopt(zmq.SNDTIMEO, 100)
         self.socket.bind(url)
         self.sent = 0
         self._lock = threading.Lock()
@@ -129,12 +132,13 @@ class DetectorSimulator:
                 if delay > 0 and self._stop.wait(delay):
                     break
             image_id, status = self._next()
-            try:
-                self.send_image(image_id, status)
-            except zmq.ZMQError:
-                if self._stop.is_set():
+            while True:
+                try:
+                    self.send_image(image_id, status)
                     break
-                raise
+                except zmq.Again:  # a PUSH reader is behind or gone
+                    if self._stop.is_set():
+                        return i
             i += 1
         return i
 
@@ -149,7 +153,9 @@ class DetectorSimulator:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(10)
+            if self._thread.is_alive():
+                raise RuntimeError("the simulator's sending thread did not stop")
             self._thread = None
 
     def close(self, linger_s: float = 0.0) -> None:
