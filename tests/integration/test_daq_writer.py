@@ -180,6 +180,8 @@ def test_abort_leaves_a_valid_partial_file_and_concurrent_is_refused(rig):
     assert again.status == -1  # OCS refuses a second start of a running task
     with pytest.raises(RuntimeError):  # the web API answers 409 while the task writes
         StdDaqClient(rig.url).start_writer_async({"n_images": 5, "output_file": rig.path("o.h5")})
+    # The abort needs level 2 too.
+    assert "requires credential level 2" in rig.client(privs=None).write.abort().msg
     client.write.abort()
     reply = client.write.wait(timeout=10)
     data = reply.session["data"]
