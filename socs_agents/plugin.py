@@ -16,4 +16,5 @@ agents = {
         "entry_point": "main",
     },
     "GWDataBuffer": {"module": "socs_agents.agents.gw_data_buffer.agent", "entry_point": "main"},
+    "DAQWriter": {"module": "socs_agents.agents.daq_writer.agent", "entry_point": "main"},
 }

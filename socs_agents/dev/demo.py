@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 from .. import hub
 from ..hub.control import _pid_alive, state_dir
 from .testing import wait_for
@@ -22,6 +24,25 @@ def _demo_dir() -> str:
     path = os.path.join(state_dir(), "demo")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def _export_password_file(site: dict, workdir: str) -> None:
+    """Write an OCS password file for the hub's ``override:`` policy and point
+    ``OCS_PASSWORDS_FILE`` at it, for this process and the agents the HostManager starts: the
+    manager reaches its recorders and the showcases call level-2 operations the way a site's
+    clients do, with no password on any command line."""
+    policy = str((site.get("hub") or {}).get("access_policy") or "")
+    if not policy.startswith("override:"):
+        return
+    levels = policy.split(":", 1)[1].split(",")
+    entry = {"default": True, "password_2": levels[0]}
+    if len(levels) > 1:
+        entry["password_3"] = levels[1]
+    path = os.path.join(workdir, "ocs-passwords.yaml")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump([entry], f)
+    os.environ["OCS_PASSWORDS_FILE"] = path
 
 
 def _instances(site: dict) -> list[dict]:
@@ -131,6 +152,7 @@ def start(site_file: str, timeout: float = 60.0) -> int:
     site = hub.load_site_config(site_file)
     settings = hub.hub_settings(site["hub"])
     workdir = _demo_dir()
+    _export_password_file(site, workdir)
     if hub.status(settings).answering:
         print(f"hub already running at {settings.wamp_server}")
     else:

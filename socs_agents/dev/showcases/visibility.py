@@ -44,7 +44,8 @@ def show(site_file: str, inst: dict, workdir: str, recording_s: float = 3.0) -> 
         with open(_abs(password_file, workdir), encoding="utf-8") as f:
             password = f.read().strip()
     client = OCSClient(iid, args=cargs)
-    admin = OCSClient(iid, privs=password, args=cargs) if password else client
+    # privs=2: the level-2 password of the OCS password file (make demo writes one)
+    admin = OCSClient(iid, privs=password or 2, args=cargs)
 
     reply = client.ping()
     print(f"\n{iid}: ping -> {reply.session['data']}")
