@@ -511,3 +511,116 @@ def test_simulator_command_against_the_agent(orch, tmp_path):
         )
         > 0
     )
+
+
+def test_a_write_locked_state_database_stalls_nothing_and_loses_nothing(orch):
+    """Another process holds the state database's write lock for 10 s: ``GET /stats`` and
+    OCS ``status`` answer within 50 ms throughout; every request made meanwhile (HTTP on
+    several connections, two pipelined on one socket, an OCS task) is answered correctly
+    after the lock is released, and the state holds all of it."""
+    import sqlite3
+    import threading
+    import time
+
+    host = "lock-host"
+    c = orch.http()
+    c.new_file(host, "/data/lock/a_run000007.hdf5", 7, "TriggerRecord", [[1, 0], [2, 0], [3, 0]])
+    c.request_tr()
+    assert c.read_next_triggerrecord(host)[1]["trigger_number"] == 1
+    c.close()
+    client = orch.client()
+    stats = orch.http()
+    before = orch.counts()
+    # the watch process refreshes its session.data every second
+    wait_for(lambda: client.watch.status().session["data"]["counts"] == before, 5, "watch status")
+    answers: dict = {}
+
+    def http_call(name, fn):
+        h = OrchestratorClient(orch.url, timeout=60)
+        try:
+            answers[name] = fn(h)
+        finally:
+            h.close()
+
+    def ocs_call():
+        answers["ocs"] = client.request_record(count=2).session
+
+    locker = sqlite3.connect(orch.state_db, isolation_level=None, timeout=5)
+    locker.execute("BEGIN IMMEDIATE")
+    locked_at = time.monotonic()
+    pipe = socket.create_connection(("127.0.0.1", orch.port), timeout=60)
+    try:
+        read = json.dumps({"host": host, "file": ""}).encode()
+        # the Dispatcher's way: two requests in one send on one socket
+        pipe.sendall(
+            _request("GET", "/request-tr", host=False)
+            + _request("POST", "/read-next-triggerrecord", read, host=False)
+        )
+        threads = [
+            threading.Thread(target=http_call, args=(name, fn))
+            for name, fn in (
+                (
+                    "new",
+                    lambda h: h.new_file(
+                        host, "/data/lock/b_run000008.hdf5", 8, "TriggerRecord", [[10, 0]]
+                    ),
+                ),
+                ("complete", lambda h: h.complete(7, 1, 0)),
+            )
+        ] + [threading.Thread(target=ocs_call)]
+        for t in threads:
+            t.start()
+        wait_for(
+            lambda: stats.stats()[1]["state"]["lock_waiting_s"] > 0, 5, "a job held by the lock"
+        )
+        worst_stats = worst_status = 0.0
+        n = 0
+        while time.monotonic() - locked_at < 10:
+            t0 = time.perf_counter()
+            status, body = stats.stats()
+            worst_stats = max(worst_stats, time.perf_counter() - t0)
+            assert status == 200 and body["counts"] == before
+            t0 = time.perf_counter()
+            watch = client.watch.status().session
+            worst_status = max(worst_status, time.perf_counter() - t0)
+            assert watch["data"]["counts"] == before
+            n += 1
+            time.sleep(0.1)
+        assert n >= 20
+        print(
+            f"during a 10 s lock: worst GET /stats {worst_stats * 1e3:.1f} ms, "
+            f"worst OCS status {worst_status * 1e3:.1f} ms ({n} each)"
+        )
+        assert worst_stats < 0.05, f"GET /stats took {worst_stats * 1e3:.1f} ms during the lock"
+        assert worst_status < 0.05, f"OCS status took {worst_status * 1e3:.1f} ms during the lock"
+        assert not answers, answers  # nothing answered while locked
+        assert all(t.is_alive() for t in threads)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    try:
+        buf = b""
+        first, _, body1, buf = _read_response(pipe, buf)
+        second, _, body2, buf = _read_response(pipe, buf)
+    finally:
+        pipe.close()
+    for t in threads:
+        t.join(30)
+    assert (first, body1["status"]) == (200, "ok")
+    assert second == 200 and body2["trigger_number"] == 2
+    assert answers["new"] == (
+        200,
+        {
+            "status": "ok",
+            "host": host,
+            "file": "/data/lock/b_run000008.hdf5",
+            "added": 1,
+            "known": 0,
+        },
+    )
+    assert answers["complete"] == (200, {"status": "ok", "file": "/data/lock/a_run000007.hdf5"})
+    assert answers["ocs"]["success"] is True
+    after = orch.counts()
+    assert (after["files"], after["pending"], after["active"], after["done"]) == (2, 2, 1, 1)
+    assert (after["credits_tr"], after["requests_tr"], after["reads"]) == (2, 4, 2)
+    stats.close()

@@ -2,8 +2,16 @@
 
 Validation is plain functions (:func:`parse_body` and the ``check_*`` helpers) that raise
 :class:`BadRequest`; nothing touches the state before a request is fully validated, so a
-rejected request changes nothing. Every answer is JSON; a 4xx never closes the connection
-(the real client keeps one socket and does not reconnect).
+rejected request changes nothing. The state raises domain errors (:mod:`.state`);
+:data:`ERROR_STATUS` here is the one table that maps them to status codes. Every answer is
+JSON; a 4xx never closes the connection (the real client keeps one socket and does not
+reconnect).
+
+The reactor only routes: a request that needs the state is a job on the state's worker
+(:class:`~.service.StateService`) and is answered when the job is done (``NOT_DONE_YET``);
+``GET /stats`` and ``GET /`` answer at once from the worker's snapshot. twisted.web's
+``HTTPChannel`` reads the next pipelined request of a connection only after the current one
+is answered, so answers stay in order per connection.
 """
 
 from __future__ import annotations
@@ -15,9 +23,22 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
-from .state import MAX_ID, RECORD_TYPES, TIME_SLICE, TRIGGER_RECORD, State, StateError
+from .state import (
+    MAX_ID,
+    RECORD_TYPES,
+    TIME_SLICE,
+    TRIGGER_RECORD,
+    Busy,
+    DomainError,
+    Invalid,
+    NoCredit,
+    NotFound,
+    Overloaded,
+    Refused,
+    State,
+)
 
 #: Bodies larger than this are refused (a file of 100,000 records is about 1.5 MB).
 MAX_BODY_BYTES = 32 << 20
@@ -25,8 +46,45 @@ MAX_BODY_BYTES = 32 << 20
 DEFAULT_TEMP_SUFFIXES = (".writing",)
 
 
-class BadRequest(ValueError):
-    """A request answered 400; the message names the field and the reason."""
+class BadRequest(Invalid):
+    """A request body that is not what the endpoint takes; the message names the field and
+    the reason."""
+
+
+class NoEndpoint(DomainError):
+    """No such path; the answer lists the endpoints."""
+
+    def __init__(self, message: str, endpoints: list[str]) -> None:
+        super().__init__(message)
+        self.endpoints = endpoints
+
+
+class WrongMethod(DomainError):
+    """The path exists but does not take this method."""
+
+
+#: The one place where the orchestrator's errors become status codes (most specific first).
+ERROR_STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (Invalid, 400),
+    (Refused, 403),
+    (NotFound, 404),
+    (NoEndpoint, 404),
+    (WrongMethod, 405),
+    (NoCredit, 429),
+    (Busy, 503),
+    (Overloaded, 503),
+)
+
+
+def error_answer(exc: DomainError) -> tuple[int, dict]:
+    """The status and JSON body of a refused request."""
+    status = next((code for cls, code in ERROR_STATUS if isinstance(exc, cls)), 400)
+    body: dict = {"error": str(exc)}
+    if isinstance(exc, NoEndpoint):
+        body["endpoints"] = exc.endpoints
+    if isinstance(exc, Refused):
+        body["reason"] = exc.reason
+    return status, body
 
 
 # ---- validation (pure) -----------------------------------------------------------------
@@ -155,131 +213,173 @@ def complete_args(body: dict) -> dict:
     }
 
 
-# ---- twisted.web -----------------------------------------------------------------------
+# ---- routing (no twisted.web) ----------------------------------------------------------
+
+#: a handler: ``handler(state, raw body) -> answer`` (runs on the state's worker)
+Handler = Callable[[State, bytes], dict]
 
 
 class OrchestratorAPI:
-    """Routes a (method, path, body) to the state; returns (status, answer dict).
-
-    Free of twisted.web so it can be driven directly in tests.
+    """Routes a (method, path) to a handler; free of twisted.web so tests drive it directly.
 
     Args:
-        state: the state machine (called on the reactor thread only).
-        stats: returns the ``GET /stats`` answer.
-        on_change: called after every request that changed the state (e.g. to refresh feeds).
+        stats: returns the ``GET /stats`` answer from the snapshot (any thread).
         temp_suffixes: suffixes of unfinished files, refused in ``/new-file``.
     """
 
-    def __init__(
-        self,
-        state: State,
-        stats: Callable[[], dict],
-        on_change: Callable[[str], None] | None = None,
-        temp_suffixes=DEFAULT_TEMP_SUFFIXES,
-    ) -> None:
-        self.state = state
+    def __init__(self, stats: Callable[[], dict], temp_suffixes=DEFAULT_TEMP_SUFFIXES) -> None:
         self.stats = stats
-        self.on_change = on_change
         self.temp_suffixes = tuple(temp_suffixes)
         tr, ts = TRIGGER_RECORD, TIME_SLICE
-        # path -> (allowed methods, handler)
-        self.routes: dict[str, tuple[tuple[str, ...], Callable[[bytes], tuple[int, dict]]]] = {
-            "/": (("GET",), self._index),
-            "/stats": (("GET",), lambda raw: (200, self.stats())),
+        #: path -> (allowed methods, handler of the state)
+        self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/new-file": (("POST",), self._new_file),
             "/remove-file": (("POST",), self._remove_file),
-            "/request-tr": (("GET", "POST"), lambda raw: self._request(tr)),
-            "/request-ts": (("GET", "POST"), lambda raw: self._request(ts)),
-            "/read-next-triggerrecord": (("POST", "GET"), lambda raw: self._read_next(raw, tr)),
-            "/read-next-tr": (("GET", "POST"), lambda raw: self._read_next(raw, tr)),
-            "/read-next-timeslice": (("POST", "GET"), lambda raw: self._read_next(raw, ts)),
-            "/read-next-ts": (("GET", "POST"), lambda raw: self._read_next(raw, ts)),
+            "/request-tr": (("GET", "POST"), lambda state, raw: state.request(tr)),
+            "/request-ts": (("GET", "POST"), lambda state, raw: state.request(ts)),
+            "/read-next-triggerrecord": (
+                ("POST", "GET"),
+                lambda state, raw: self._read_next(state, raw, tr),
+            ),
+            "/read-next-tr": (("GET", "POST"), lambda state, raw: self._read_next(state, raw, tr)),
+            "/read-next-timeslice": (
+                ("POST", "GET"),
+                lambda state, raw: self._read_next(state, raw, ts),
+            ),
+            "/read-next-ts": (("GET", "POST"), lambda state, raw: self._read_next(state, raw, ts)),
             "/complete": (("POST",), self._complete),
             "/tr-complete": (("POST",), self._complete),
         }
+        #: path -> answer from the snapshot, never waiting for the state
+        self.snapshot_routes: dict[str, Callable[[], dict]] = {
+            "/": self._index,
+            "/stats": self.stats,
+        }
+        self.endpoints = sorted([*self.routes, *self.snapshot_routes])
 
-    def handle(self, method: str, path: str, raw: bytes) -> tuple[int, dict]:
+    def route(self, method: str, path: str) -> tuple[str, Handler | None, Callable | None]:
+        """``(path, state handler, snapshot answer)``: one of the two is None.
+
+        Raises:
+            NoEndpoint, WrongMethod.
+        """
         path = path.split("?", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
-        route = self.routes.get(path)
-        if route is None:
-            return 404, {"error": f"no endpoint {path}", "endpoints": sorted(self.routes)}
-        methods, handler = route
         if method == "HEAD":
             method = "GET"
+        snapshot = self.snapshot_routes.get(path)
+        if snapshot is not None:
+            if method != "GET":
+                raise WrongMethod(f"{method} not allowed on {path} (use GET)")
+            return path, None, snapshot
+        route = self.routes.get(path)
+        if route is None:
+            raise NoEndpoint(f"no endpoint {path}", self.endpoints)
+        methods, handler = route
         if method not in methods:
-            return 405, {"error": f"{method} not allowed on {path} (use {' or '.join(methods)})"}
+            raise WrongMethod(f"{method} not allowed on {path} (use {' or '.join(methods)})")
+        return path, handler, None
+
+    def handle(self, state: State, method: str, path: str, raw: bytes) -> tuple[int, dict]:
+        """Route and run in the calling thread; ``(status, answer)``. For tests and tools."""
         try:
-            status, answer = handler(raw)
-        except BadRequest as e:
-            return 400, {"error": str(e)}
-        except StateError as e:
-            return e.status, {"error": str(e)}
-        if self.on_change is not None and path not in ("/", "/stats") and status == 200:
-            self.on_change(path)
-        return status, answer
+            _, handler, snapshot = self.route(method, path)
+            return 200, snapshot() if handler is None else handler(state, raw)
+        except DomainError as e:
+            return error_answer(e)
 
-    def _index(self, raw: bytes) -> tuple[int, dict]:
-        return 200, {
-            "service": "FileOrchestrator",
-            "endpoints": sorted(self.routes),
-            "stats": self.stats(),
-        }
+    def _index(self) -> dict:
+        return {"service": "FileOrchestrator", "endpoints": self.endpoints, "stats": self.stats()}
 
-    def _new_file(self, raw: bytes) -> tuple[int, dict]:
-        args = new_file_args(parse_body(raw), self.temp_suffixes)
-        out = self.state.add_file(**args)
-        return out.status, out.body
+    def _new_file(self, state: State, raw: bytes) -> dict:
+        return state.add_file(**new_file_args(parse_body(raw), self.temp_suffixes))
 
-    def _remove_file(self, raw: bytes) -> tuple[int, dict]:
-        out = self.state.remove_file(**remove_file_args(parse_body(raw)))
-        return out.status, out.body
+    def _remove_file(self, state: State, raw: bytes) -> dict:
+        return state.remove_file(**remove_file_args(parse_body(raw)))
 
-    def _request(self, record_type: str) -> tuple[int, dict]:
-        out = self.state.request(record_type)
-        return out.status, out.body
-
-    def _read_next(self, raw: bytes, record_type: str) -> tuple[int, dict]:
+    def _read_next(self, state: State, raw: bytes, record_type: str) -> dict:
         args = read_next_args(parse_body(raw))
-        out = self.state.read_next(args["host"], record_type, args["file"])
-        return out.status, out.body
+        return state.read_next(args["host"], record_type, args["file"]).answer()
 
-    def _complete(self, raw: bytes) -> tuple[int, dict]:
-        out = self.state.complete(**complete_args(parse_body(raw)))
-        return out.status, out.body
+    def _complete(self, state: State, raw: bytes) -> dict:
+        return state.complete(**complete_args(parse_body(raw)))
+
+
+# ---- twisted.web -----------------------------------------------------------------------
+
+#: submits ``handler(state, raw)`` to the state's worker: a Deferred of the answer
+Submit = Callable[[Handler, bytes], Any]
 
 
 class OrchestratorResource(Resource):
-    """The twisted.web face of :class:`OrchestratorAPI` (a leaf: it routes every path)."""
+    """The twisted.web face of :class:`OrchestratorAPI` (a leaf: it routes every path).
+
+    Args:
+        api: the routes.
+        submit: runs a handler on the state's worker (``StateService.submit``).
+        log_request: ``log_request(method, path, status, seconds)`` after every answer.
+        on_error: ``on_error(path, exc)`` for an exception that is no domain error (a bug).
+    """
 
     isLeaf = True
 
     def __init__(
         self,
         api: OrchestratorAPI,
+        submit: Submit,
         log_request: Callable[[str, str, int, float], None] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         super().__init__()
         self.api = api
+        self.submit = submit
         self.log_request = log_request
         self.on_error = on_error
 
-    def render(self, request) -> bytes:
+    def render(self, request):
         t0 = time.perf_counter()
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1", "replace")
         try:
-            raw = request.content.read() if request.content is not None else b""
-            status, answer = self.api.handle(method, path, raw)
-        except Exception as e:  # a bug or a database error: 500, and keep serving
-            if self.on_error is not None:
-                self.on_error(path, e)
-            status, answer = 500, {"error": f"internal error: {type(e).__name__}: {e}"}
+            path, handler, snapshot = self.api.route(method, path)
+            if handler is None:
+                return self._body(request, method, path, 200, snapshot(), t0)
+        except DomainError as e:
+            return self._body(request, method, path, *error_answer(e), t0)
+        raw = request.content.read() if request.content is not None else b""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _f: gone.append(True))
+
+        def answer(result) -> None:
+            if isinstance(result, dict):
+                status, body = 200, result
+            else:
+                status, body = self._failure_answer(path, result)
+            if gone:  # the client left while the job ran: nobody to answer
+                return
+            request.write(self._body(request, method, path, status, body, t0))
+            request.finish()
+
+        self.submit(handler, raw).addBoth(answer)
+        return NOT_DONE_YET
+
+    def _failure_answer(self, path: str, failure) -> tuple[int, dict]:
+        exc = failure.value
+        if isinstance(exc, DomainError):
+            return error_answer(exc)
+        # a bug: say so in JSON, log it, keep serving
+        if self.on_error is not None:
+            self.on_error(path, exc)
+        return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    def _body(self, request, method: str, path: str, status: int, answer: dict, t0: float):
         body = json.dumps(answer).encode()
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
+        # a length, not chunks, also for answers written later (NOT_DONE_YET): the answer
+        # the real client expects
+        request.setHeader(b"content-length", b"%d" % len(body))
         if self.log_request is not None:
             self.log_request(method, path, status, time.perf_counter() - t0)
         return body

@@ -1,0 +1,111 @@
+"""The state's worker: jobs in order, a locked database waited out with nothing lost, Busy
+past the limit, a snapshot that never waits. Real SQLite, a second real connection holds
+the write lock."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from socs_agents.agents.file_orchestrator.service import StateService
+from socs_agents.agents.file_orchestrator.state import TRIGGER_RECORD, Busy, NoCredit, State
+from socs_agents.dev.testing import wait_for
+
+TR = TRIGGER_RECORD
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "state.db")
+
+
+@pytest.fixture
+def service(db_path):
+    svc = StateService(lambda: State(db_path), lock_limit=30)
+    yield svc
+    svc.worker.call(svc.state.close).result(5)
+    svc.worker.stop(drain=False, timeout=2)
+
+
+def hold_lock(db_path):
+    con = sqlite3.connect(db_path, isolation_level=None, timeout=1)
+    con.execute("BEGIN IMMEDIATE")
+    return con
+
+
+def test_state_is_built_and_used_on_the_worker_thread(service):
+    names = service.run(lambda state: threading.current_thread().name)
+    assert names == "orchestrator-state"
+    assert service.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(1, 0)])["added"] == 1
+    assert service.snapshot["pending"] == 1
+
+
+def test_domain_errors_reach_the_caller_and_the_snapshot_still_updates(service):
+    service.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(1, 0)])
+    with pytest.raises(NoCredit):
+        service.run(State.read_next, "h", TR)
+    service.run(State.request, TR, 2)
+    assert service.snapshot["credits_tr"] == 2
+
+
+def test_a_locked_database_is_waited_out_in_order_with_nothing_lost(service, db_path):
+    service.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(n, 0) for n in range(1, 4)])
+    locker = hold_lock(db_path)
+    try:
+        futures = [service.call(State.request, TR, 1) for _ in range(3)]
+        futures += [service.call(State.read_next, "h", TR) for _ in range(3)]
+        wait_for(lambda: service.figures()["lock_waiting_s"] > 0.3, 5, "a job waiting")
+        # held: nothing answered yet, and the snapshot answers at once
+        assert not any(f.done() for f in futures)
+        t0 = time.perf_counter()
+        snap = service.snapshot
+        assert time.perf_counter() - t0 < 0.01 and snap["credits_tr"] == 0
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    answers = [f.result(10) for f in futures]
+    assert [a["credits"] for a in answers[:3]] == [1, 2, 3]
+    assert [a.trigger_number for a in answers[3:]] == [1, 2, 3]
+    c = service.snapshot
+    assert (c["credits_tr"], c["active"], c["reads"]) == (0, 3, 3)
+    assert service.figures()["lock_waits"] >= 1
+    # and SQLite agrees: nothing lost
+    ro = sqlite3.connect(db_path)
+    assert ro.execute("SELECT count(*) FROM records WHERE state = 1").fetchone()[0] == 3
+
+
+def test_busy_after_the_limit_and_the_state_unchanged(db_path):
+    svc = StateService(lambda: State(db_path), lock_limit=0.5)
+    try:
+        locker = hold_lock(db_path)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(Busy, match="locked"):
+                svc.run(State.request, TR, 5)
+            assert 0.5 <= time.monotonic() - t0 < 3
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert svc.snapshot["credits_tr"] == 0
+        assert svc.figures()["lock_timeouts"] == 1
+        assert svc.run(State.request, TR, 1)["credits"] == 1
+    finally:
+        svc.worker.call(svc.state.close).result(5)
+        svc.worker.stop(drain=False, timeout=2)
+
+
+def test_a_full_queue_is_overloaded_not_dropped(db_path):
+    from socs_agents.agents.file_orchestrator.state import Overloaded
+
+    svc = StateService(lambda: State(db_path), max_queue=1)
+    gate = threading.Event()
+    try:
+        first = svc.call(lambda state: gate.wait(5))
+        with pytest.raises(Overloaded):
+            svc.call(State.request, TR, 1).result(1)
+        gate.set()
+        assert first.result(5) is True
+    finally:
+        gate.set()
+        svc.worker.stop(drain=False, timeout=2)
