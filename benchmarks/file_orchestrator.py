@@ -57,6 +57,8 @@ class Bench:
                 ["--state-db", os.path.join(root, "state.db")],
                 ["--host-name", HOST],
                 ["--lease-timeout", lease_timeout],
+                # add_records() announces files of this host under /data/bench
+                ["--allowed-root", os.path.join(root, "vol"), "/data/bench"],
             ],
         )
         agent = self.site.start_agent(iid)

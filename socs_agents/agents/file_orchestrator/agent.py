@@ -24,24 +24,47 @@ from twisted.internet import defer, reactor, task
 
 from ... import runtime
 from ...argtypes import str2bool
+from ...db.entries import AllowedRoots, BadFileEntry
+from .counters import Faults
 from .discovery import Discovery
 from .http_api import (
+    DEFAULT_HTTP_ALLOW,
     DEFAULT_TEMP_SUFFIXES,
+    MAX_BODY_BYTES,
     OrchestratorAPI,
     OrchestratorResource,
     OrchestratorSite,
     complete_args,
     error_answer,
-    new_file_args,
+    parse_networks,
     read_next_args,
     remove_file_args,
 )
 from .layout import FileLayout
 from .options import env_debug, remote_path_for
 from .service import StateService
-from .state import RECORD_TYPES, TRIGGER_RECORD, DomainError, FileInfo, State, checkpoint_file
+from .state import (
+    MAX_CREDITS,
+    MAX_ID,
+    RECORD_TYPES,
+    TRIGGER_RECORD,
+    DomainError,
+    FileInfo,
+    Refused,
+    State,
+    checkpoint_file,
+)
 
 COUNTS_FEED = "orchestrator_counts"
+#: discovery's own counters of faults that are not refusals of a file
+DISCOVERY_FAULTS = ("add_failed", "errors", "inbox_full", "refused_memory_full")
+#: registrations waiting at most; more wait in the state (unregistered) for the next pass
+MAX_REGISTER_QUEUE = 1000
+
+
+def _uint(value) -> bool:
+    """``check=`` of integer task parameters: 0 to 2**63 - 1 (what SQLite holds)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 class FileOrchestrator:
@@ -62,6 +85,10 @@ class FileOrchestrator:
         self.patterns = [p for p in args.pattern.split(",") if p]
         self.temp_suffixes = tuple(args.temp_suffix or DEFAULT_TEMP_SUFFIXES)
         self.debug = args.debug if args.debug is not None else env_debug()
+        roots = args.allowed_root or self.volumes
+        #: where local files may lie (links resolved); None: no local file may be taken
+        self.allowed = AllowedRoots(roots) if roots else None
+        self.allowed_clients = parse_networks(args.http_allow or DEFAULT_HTTP_ALLOW)
         t0 = time.perf_counter()
         self.service = StateService(
             lambda: State(
@@ -83,12 +110,17 @@ class FileOrchestrator:
             a=c["active"],
             d=c["done"],
         )
-        self.api = OrchestratorAPI(self._stats_now, temp_suffixes=self.temp_suffixes)
+        self.api = OrchestratorAPI(
+            self._stats_now, temp_suffixes=self.temp_suffixes, check_new_file=self._check_local
+        )
+        self.faults = Faults((*self.api.endpoints, "discovery", "suprsync"), self.report)
         self.http_port = None
         self.http: dict = {}
         # SupRsync registration (md5 of whole files) and WAL checkpoints (fsync) each have a
         # thread of their own, so the state's worker never waits for them.
-        self.registrar = runtime.SerialWorker("orchestrator-suprsync")
+        self.registrar = runtime.SerialWorker("orchestrator-suprsync", max_queue=MAX_REGISTER_QUEUE)
+        self._registering: set[int] = set()
+        self._registering_lock = threading.Lock()
         self.checkpointer = runtime.SerialWorker("orchestrator-checkpoint", max_queue=1)
         self.suprsync = None
         self.discovery: Discovery | None = None
@@ -107,10 +139,16 @@ class FileOrchestrator:
             self.api,
             self.service.submit,
             log_request=self._log_request,
-            on_error=self._http_error,
+            on_refusal=self._http_refusal,
+        )
+        site = OrchestratorSite(
+            resource,
+            max_body_bytes=self.args.max_body_bytes,
+            allowed_clients=self.allowed_clients,
+            on_refusal=self._http_refusal,
         )
         self.http_port = reactor.listenTCP(
-            self.args.http_port, OrchestratorSite(resource), interface=self.args.http_interface
+            self.args.http_port, site, interface=self.args.http_interface
         )
         self.http = {"interface": self.args.http_interface, "port": self.http_port.getHost().port}
         self.log.info(
@@ -128,7 +166,7 @@ class FileOrchestrator:
             (self._expire, period, True),
             (self._checkpoint, 10.0, False),
             (self._publish_counts, self.args.feed_interval, True),
-            (self._register_done_files, 30.0, True),
+            (self._register_done_files, self.args.register_retry_interval, True),
         ):
             loop = task.LoopingCall(fn)
             d = loop.start(every, now=now)
@@ -160,9 +198,22 @@ class FileOrchestrator:
         d.addErrback(lambda f: self.log.warn("checkpoint failed: {e}", e=f.value))
 
     def _publish_counts(self) -> None:
+        now = time.time()
         self.agent.publish_to_feed(
             COUNTS_FEED,
-            {"block_name": "counts", "timestamp": time.time(), "data": self.service.snapshot},
+            {"block_name": "counts", "timestamp": now, "data": self.service.snapshot},
+            from_reactor=True,
+        )
+        faults = self.faults.feed_fields()
+        state = self.service.figures()
+        faults["state_lock_waits"] = state["lock_waits"]
+        faults["state_lock_timeouts"] = state["lock_timeouts"]
+        found = self.discovery.counters if self.discovery is not None else {}
+        for name in DISCOVERY_FAULTS:
+            faults[f"discovery_{name}"] = found.get(name, 0)
+        self.agent.publish_to_feed(
+            COUNTS_FEED,
+            {"block_name": "faults", "timestamp": now, "data": faults},
             from_reactor=True,
         )
 
@@ -172,8 +223,26 @@ class FileOrchestrator:
                 "{m} {p} -> {s} ({ms:.2f} ms)", m=method, p=path, s=status, ms=seconds * 1e3
             )
 
-    def _http_error(self, path: str, err: BaseException) -> None:
-        self.log.error("HTTP {p} failed: {t}: {e}", p=path, t=type(err).__name__, e=err)
+    def _http_refusal(self, endpoint: str, reason: str, detail: str) -> None:
+        level = "error" if reason == "internal_error" else "warn"
+        self.faults.hit(endpoint, reason, detail, level)
+
+    def _check_local(self, args: dict) -> None:
+        """A file of this host must lie under an allowed root once links are resolved; a
+        file of another host cannot be resolved here (and is never registered here)."""
+        if args["host"] != self.host_name:
+            return
+        if self.allowed is None:
+            raise Refused(
+                f"{args['path']!r}: no allowed root is configured (--allowed-root, --volume)",
+                "outside_allowed_root",
+            )
+        try:
+            self.allowed.check(args["path"])
+        except BadFileEntry as e:
+            raise Refused(str(e), e.code) from None
+        except (OSError, ValueError) as e:  # a path the OS cannot resolve (too long)
+            raise Refused(f"{args['path']!r}: {e}", "bad_path") from None
 
     # ---- discovery (its own thread; waits for the state's worker) -----------------------
 
@@ -197,6 +266,8 @@ class FileOrchestrator:
             removed=self._file_gone,
             report=self.report,
             known=self.service.run(known_paths),
+            allowed=self.allowed,
+            on_refusal=lambda reason, detail: self.faults.hit("discovery", reason, detail),
             temp_suffixes=self.temp_suffixes,
             retry_timeout=self.args.read_retry_timeout,
             rescan_interval=self.args.rescan_interval,
@@ -250,14 +321,24 @@ class FileOrchestrator:
         d.addErrback(lambda f: self.log.warn("SupRsync retry pass failed: {e}", e=f.value))
 
     def _register(self, file_id: int, path: str) -> None:
-        """Queue the registration of one finished file (any thread)."""
+        """Queue the registration of one finished file (any thread). A file already queued
+        is not queued twice; one that does not fit the bounded queue, or whose registration
+        fails, stays unregistered in the state and is queued again by the next pass
+        (``--register-retry-interval``), also after a restart."""
+        with self._registering_lock:
+            if file_id in self._registering:
+                return
+            self._registering.add(file_id)
         future = self.registrar.call(self._register_now, file_id, path)
-        future.add_done_callback(lambda f: self._registered(f, path))
+        future.add_done_callback(lambda f: self._registered(f, file_id, path))
 
     def _register_now(self, file_id: int, path: str):
         """On the registrar: one SupRsync row, then the state's ``registered`` flag."""
         from ...db import SupRsyncDB, make_entry
 
+        if self.allowed is None:
+            raise BadFileEntry(path, "no allowed root is configured", "outside_allowed_root")
+        self.allowed.check(path)
         if self.suprsync is None:
             self.suprsync = SupRsyncDB(self.args.suprsync_db)
         entry = make_entry(
@@ -267,10 +348,20 @@ class FileOrchestrator:
         self.service.run(State.mark_registered, file_id)
         return result
 
-    def _registered(self, future, path: str) -> None:
+    def _registered(self, future, file_id: int, path: str) -> None:
+        with self._registering_lock:
+            self._registering.discard(file_id)
         exc = future.exception()
         if exc is not None:
-            self.log.warn("{p}: SupRsync registration failed (retried later): {e}", p=path, e=exc)
+            if isinstance(exc, runtime.QueueFull):
+                reason = "queue_full"
+            elif isinstance(exc, BadFileEntry):
+                reason = exc.code
+            elif runtime.is_locked(exc):
+                reason = "database_locked"
+            else:
+                reason = "failed"
+            self.faults.hit("suprsync", reason, f"{path} (retried later): {exc}")
             return
         self.log.info(
             "{p}: every record done; registered in SupRsync archive {a}{dup}",
@@ -295,13 +386,14 @@ class FileOrchestrator:
 
     @ocs_agent.param("host", default=None, type=str)
     @ocs_agent.param("file", type=str)
-    @ocs_agent.param("run_number", type=int)
+    @ocs_agent.param("run_number", type=int, check=_uint)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
     @ocs_agent.param("record_ids", type=list)
     def new_file(self, session, params):
         """new_file(host=None, file, run_number, record_type='TriggerRecord', record_ids)
 
-        **Task** - Register a file and its records, like ``POST /new-file``.
+        **Task** - Register a file and its records, like ``POST /new-file`` (needs
+        credential level 2). A file of this host must lie under an allowed root.
 
         Parameters:
             host (str, optional): Host holding the file. Default: this agent's host.
@@ -319,7 +411,7 @@ class FileOrchestrator:
         """
         body = dict(params, host=params["host"] or self.host_name)
         return self._run_task(
-            session, "new_file", lambda state: state.add_file(**self._new_file_args(body))
+            session, "new_file", lambda state: state.add_file(**self.api.new_file_args(body))
         )
 
     @ocs_agent.param("host", default=None, type=str)
@@ -327,7 +419,8 @@ class FileOrchestrator:
     def remove_file(self, session, params):
         """remove_file(host=None, file)
 
-        **Task** - Withdraw a file's pending records, like ``POST /remove-file``.
+        **Task** - Withdraw a file's pending records, like ``POST /remove-file`` (needs
+        credential level 2).
 
         Parameters:
             host (str, optional): Host holding the file. Default: this agent's host.
@@ -346,11 +439,12 @@ class FileOrchestrator:
         )
 
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
-    @ocs_agent.param("count", default=1, type=int, check=lambda n: 1 <= n <= 1_000_000)
+    @ocs_agent.param("count", default=1, type=int, check=lambda n: 1 <= n <= MAX_CREDITS)
     def request_record(self, session, params):
         """request_record(record_type='TriggerRecord', count=1)
 
-        **Task** - Add Data Filter credits, like ``GET /request-tr`` (``/request-ts``).
+        **Task** - Add Data Filter credits, like ``GET /request-tr`` (``/request-ts``;
+        needs credential level 2).
 
         Parameters:
             record_type (str, optional): 'TriggerRecord' or 'TimeSlice'.
@@ -372,9 +466,10 @@ class FileOrchestrator:
     def read_next(self, session, params):
         """read_next(host=None, record_type='TriggerRecord', file='')
 
-        **Task** - Hand out the next record, like ``POST /read-next-triggerrecord``
-        (``/read-next-timeslice``). Fails (status 429) without a Data Filter credit, and
-        (status 404) when no record of a file on ``host`` is pending.
+        **Task** - Hand out the next record (needs credential level 2), like
+        ``POST /read-next-triggerrecord`` (``/read-next-timeslice``). Fails (status 429)
+        without a Data Filter credit, and (status 404) when no record of a file on ``host``
+        is pending.
 
         Parameters:
             host (str, optional): The Dispatcher's host. Default: this agent's host.
@@ -396,17 +491,17 @@ class FileOrchestrator:
 
         return self._run_task(session, "read_next", read)
 
-    @ocs_agent.param("run_number", type=int)
-    @ocs_agent.param("trigger_number", type=int)
-    @ocs_agent.param("sequence_number", default=0, type=int)
+    @ocs_agent.param("run_number", type=int, check=_uint)
+    @ocs_agent.param("trigger_number", type=int, check=_uint)
+    @ocs_agent.param("sequence_number", default=0, type=int, check=_uint)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
     @ocs_agent.param("file", default="", type=str)
     def complete(self, session, params):
         """complete(run_number, trigger_number, sequence_number=0,
         record_type='TriggerRecord', file='')
 
-        **Task** - Mark a record done, like ``POST /complete``. Fails (status 404) when the
-        record is unknown.
+        **Task** - Mark a record done, like ``POST /complete`` (needs credential level 2).
+        Fails (status 404) when the record is unknown.
 
         Parameters:
             run_number (int): Run number.
@@ -448,6 +543,9 @@ class FileOrchestrator:
                             'completed': 5, 'leases_expired': 0, 'withdrawn': 0},
                  'http': {'interface': '0.0.0.0', 'port': 6000},
                  'volumes': ['/data/daq'], 'lease_timeout': 300.0,
+                 'state': {'queued': 0, 'lock_waits': 0, 'lock_timeouts': 0,
+                           'lock_waiting_s': 0.0},
+                 'faults': {'total': 0, 'by_reason': {}, 'by_place': {}},
                  'discovery': {'watching': True, 'queued': 0, 'discovered': 3, ...},
                  'files': [{'host': 'daq01', 'file': '/data/daq/run1_0.hdf5',
                             'run_number': 1, 'record_type': 'TriggerRecord', 'open': 4,
@@ -471,6 +569,7 @@ class FileOrchestrator:
             "volumes": list(self.volumes),
             "lease_timeout": self.args.lease_timeout,
             "state": self.service.figures(),
+            "faults": self.faults.as_data(),
         }
         if self.discovery is not None:
             out["discovery"] = {
@@ -531,8 +630,13 @@ class FileOrchestrator:
                 {'timestamp': 1700000000.0, 'host': 'daq01', 'counts': {...},
                  'http': {'interface': '0.0.0.0', 'port': 6000},
                  'volumes': ['/data/daq'], 'lease_timeout': 300.0,
+                 'state': {'queued': 0, 'lock_waits': 0, 'lock_timeouts': 0,
+                           'lock_waiting_s': 0.0},
+                 'faults': {'total': 1, 'by_reason': {'not_hdf5': 1},
+                            'by_place': {'discovery': {'not_hdf5': 1}}},
                  'discovery': {'watching': True, 'queued': 0, 'discovered': 3,
-                               'retries': 1, 'removed': 0, 'scans': 1}}
+                               'retries': 1, 'removed': 0, 'scans': 1,
+                               'refused_not_hdf5': 1}}
         """
         self._watch_stop.clear()
         if not self.volumes:
@@ -557,9 +661,6 @@ class FileOrchestrator:
         session.set_status("stopping")
         self._watch_stop.set()
         return True, "Stopping the watch."
-
-    def _new_file_args(self, body: dict) -> dict:
-        return new_file_args(body, self.temp_suffixes)
 
     # ---- shutdown ------------------------------------------------------------------------
 
@@ -595,10 +696,12 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     pgroup = parser.add_argument_group("Agent Options")
     pgroup.add_argument(
         "--volume",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="DIR",
-        help="A folder to watch (recursively) for closed HDF5 files. "
-        "Repeatable. Without one, files come only through POST /new-file.",
+        help="Folder(s) to watch (recursively) for closed HDF5 files. Repeatable, or several "
+        "after one --volume (the site-config keeps one entry per option name). Without "
+        "one, files come only through POST /new-file.",
     )
     pgroup.add_argument(
         "--pattern",
@@ -620,6 +723,32 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--http-interface", default="0.0.0.0", help="Interface address for the HTTP API."
+    )
+    pgroup.add_argument(
+        "--http-allow",
+        action="extend",
+        nargs="+",
+        metavar="CIDR",
+        help="Client network (or address) the HTTP API serves; others get 403. "
+        "Several may follow one --http-allow. Default: this host only (127.0.0.0/8 and "
+        "::1): add the DAQ "
+        "network, e.g. 10.73.0.0/16, for remote Dispatchers.",
+    )
+    pgroup.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        help="Largest request body; a larger Content-Length is answered 413 before the "
+        "body is read. Default 32 MiB (a file of 100,000 records is about 1.5 MB).",
+    )
+    pgroup.add_argument(
+        "--allowed-root",
+        action="extend",
+        nargs="+",
+        metavar="DIR",
+        help="Folder whose files of this host may be announced (POST /new-file, new_file) "
+        "and registered in SupRsync; paths are resolved with symlinks first. "
+        "Several may follow one --allowed-root. Default: the --volume folders.",
     )
     pgroup.add_argument(
         "--http-port",
@@ -654,6 +783,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--archive-name", default="dune", help="SupRsync archive of the registered files."
+    )
+    pgroup.add_argument(
+        "--register-retry-interval",
+        type=float,
+        default=30.0,
+        help="Seconds between passes that register finished files not registered yet "
+        "(a failed registration, one over the queue's bound, or one from before a "
+        "restart). A pass also runs at start.",
     )
     pgroup.add_argument(
         "--rescan-interval",
@@ -703,9 +840,10 @@ def main(args: list | None = None) -> None:
     args = site_config.parse_args(agent_class="FileOrchestrator", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)
     orch = FileOrchestrator(agent, args)
-    for name in ("new_file", "remove_file", "request_record", "read_next", "complete", "stats"):
-        agent.register_task(name, getattr(orch, name))
-    agent.register_task("reset", orch.reset, min_privs=2)
+    # tasks that change the state need credential level 2; reading stays level 1
+    for name in ("new_file", "remove_file", "request_record", "read_next", "complete", "reset"):
+        agent.register_task(name, getattr(orch, name), min_privs=2)
+    agent.register_task("stats", orch.stats)
     agent.register_process(
         "watch", orch.watch, orch._stop_watch, startup=bool(orch.volumes) and not args.test_mode
     )

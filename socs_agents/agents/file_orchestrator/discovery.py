@@ -37,6 +37,8 @@ from ...db.entries import AllowedRoots, BadFileEntry
 from ...runtime import Inbox, QueueFull, Report, WorkerStopped, no_report, start_thread
 from .layout import FileLayout, LayoutError, read_layout
 
+#: refused paths remembered (so an unchanged one is not read and counted at every scan)
+MAX_REFUSED = 10_000
 #: the first bytes of an HDF5 file without a user block
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -52,6 +54,9 @@ class Discovery:
         report: ``report(level, text)`` for log lines.
         known: paths already in the state (not read again by scans).
         allowed: where files may lie once links are resolved (default: the volumes).
+        on_refusal: ``on_refusal(reason, detail)`` for every refused file (counted and
+            logged, rate-limited, by the agent); default: a log line each.
+        max_queue: events waiting at most; an event storm past it makes a scan instead.
         temp_suffixes: names of unfinished files end with one of these.
         retry_timeout: seconds to keep retrying a file that cannot be opened yet.
         rescan_interval: seconds between scans (0: only at start).
@@ -69,6 +74,7 @@ class Discovery:
         retry_timeout: float = 10.0,
         rescan_interval: float = 60.0,
         allowed: AllowedRoots | None = None,
+        on_refusal: Callable[[str, str], None] | None = None,
         max_queue: int = 100_000,
     ) -> None:
         self.volumes = [os.path.abspath(v) for v in volumes]
@@ -81,10 +87,13 @@ class Discovery:
         self.retry_timeout = retry_timeout
         self.rescan_interval = rescan_interval
         self.allowed = allowed if allowed is not None else AllowedRoots(self.volumes or ["/"])
+        self.on_refusal = on_refusal or (lambda reason, detail: report("warn", detail))
         self.counters: Counter = Counter()
         self._inbox = Inbox(max_queue)
         self._retry: list[tuple[float, float, int, str]] = []
         self._queued: set[str] = set()
+        #: refused path -> (mtime_ns, size) when refused: not read again while unchanged
+        self.refused: dict[str, tuple[int, int]] = {}
         self._thread: threading.Thread | None = None
         self._observer = None
         #: set by a watchdog event that did not fit the inbox: scan soon instead
@@ -224,6 +233,7 @@ class Discovery:
                 self._read(found, time.monotonic(), 0)
         elif kind == "gone":
             self._queued.discard(path)
+            self.refused.pop(path, None)
             if path in self.known:
                 self._gone(path)
         elif kind == "scan":
@@ -234,10 +244,24 @@ class Discovery:
         elif kind == "adopt":
             self.known.update(path)
 
+    @staticmethod
+    def _signature(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
     def _refuse(self, path: str, reason: str, why: str) -> None:
         self._queued.discard(path)
+        sig = self._signature(path)
+        if sig is not None:
+            if path in self.refused or len(self.refused) < MAX_REFUSED:
+                self.refused[path] = sig
+            else:
+                self.counters["refused_memory_full"] += 1
         self.counters[f"refused_{reason}"] += 1
-        self.report("warn", f"not taking {path}: {why}")
+        self.on_refusal(reason, f"not taking {path}: {why}")
 
     def check_file(self, path: str) -> str | None:
         """Why ``path`` cannot be a record file (a refusal reason), or None to read it.
@@ -260,16 +284,24 @@ class Discovery:
         except IsADirectoryError:
             return "not_a_file"
         # files with a user block (signature at 512, 1024...) are not what DUNE writes
-        if len(head) == len(HDF5_SIGNATURE) and head != HDF5_SIGNATURE:
+        if head != HDF5_SIGNATURE:
             return "not_hdf5"
         return None
 
     def _read(self, path: str, first: float, attempt: int, retry: bool = True) -> None:
+        if path in self.refused:
+            if self.refused[path] == self._signature(path):
+                return  # refused already and unchanged since
+            del self.refused[path]
         try:
             reason = self.check_file(path)
-            if reason is not None:
+            if reason in ("outside_allowed_root", "not_a_file"):
                 self._refuse(path, reason, reason.replace("_", " "))
                 return
+            if reason is not None:
+                # no HDF5 signature yet: its writer may not have flushed it (writers rename
+                # before their last close); retried like a file still locked
+                raise _NotYet(reason)
             layout = read_layout(path)
         except FileNotFoundError:
             self._queued.discard(path)
@@ -277,12 +309,15 @@ class Discovery:
         except LayoutError as e:
             self._refuse(path, "not_record_file", str(e))
             return
-        except OSError as e:
+        except (OSError, _NotYet) as e:
             # Locked by its writer, or not yet complete: retry with backoff.
             if not retry:
                 return
             if time.monotonic() - first > self.retry_timeout:
-                reason = "truncated" if "truncated" in str(e) else "unreadable"
+                if isinstance(e, _NotYet):
+                    reason = str(e)
+                else:
+                    reason = "truncated" if "truncated" in str(e) else "unreadable"
                 self._refuse(path, reason, f"gave up after {attempt + 1} attempts: {e}")
                 return
             self.counters["retries"] += 1
@@ -308,8 +343,9 @@ class Discovery:
     def _on_disk(self, folders: Iterable[str] | None = None) -> set[str]:
         found = set()
         for volume in self.volumes if folders is None else folders:
-            for folder, _, names in os.walk(volume):
-                for name in names:
+            for folder, dirs, names in os.walk(volume):
+                # a folder named like a file is refused (not_a_file), not walked past unseen
+                for name in [*names, *(d for d in dirs if self.wanted(d))]:
                     path = os.path.join(folder, name)
                     if self.wanted(path):
                         found.add(path)
@@ -318,10 +354,16 @@ class Discovery:
     def _scan(self) -> None:
         self.counters["scans"] += 1
         on_disk = self._on_disk()
+        for path in [p for p in self.refused if p not in on_disk]:
+            del self.refused[path]
         for path in sorted(self.known - on_disk):
             self._guarded(self._gone, path)
         for path in sorted(on_disk - self.known - self._queued):
             self._read(path, time.monotonic(), 0)
+
+
+class _NotYet(Exception):
+    """A file that may become readable (its reason is the message)."""
 
 
 def _make_handler_class():
