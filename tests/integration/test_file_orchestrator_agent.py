@@ -823,3 +823,43 @@ def test_a_registration_that_meets_a_locked_suprsync_db_is_done_later(orch):
         locker.close()
     rows = wait_for(lambda: (r := suprsync_rows(orch)) and path in r and r, 15, "registered")
     assert rows[path]["remote_path"] == "reg/" + os.path.basename(path)
+
+
+def test_a_file_whose_registration_failed_is_registered_at_the_next_start(site, tmp_path):
+    """The SupRsync database cannot be opened (its path is a folder) when a file finishes:
+    the failure is counted, the file stays unregistered in the state; after a kill -9 and
+    the path repaired, the pass at start registers it."""
+    port = free_port()
+    orch = Orchestrator(site, str(tmp_path), f"orchestrator-r{port}", port)
+    os.makedirs(os.path.join(orch.root, "suprsync.db"))
+    orch.start()
+    try:
+        w = orch.writer("late")
+        path, ids = w.write_file(records=2)
+        wait_counts(orch, pending=2)
+        c = orch.http()
+        try:
+            for n, seq in ids:
+                c.request_tr()
+                assert c.read_next_triggerrecord(HOST)[0] == 200
+                assert c.complete(w.run_number, n, seq)[0] == 200
+        finally:
+            c.close()
+        wait_for(lambda: faults(orch)["by_place"].get("suprsync"), 20, "the registration failing")
+        orch.agent.kill()
+        orch.site.agents.remove(orch.agent)
+        wait_for(lambda: not site.answers(orch.iid), 15, "the killed agent to unregister")
+        os.rmdir(os.path.join(orch.root, "suprsync.db"))
+        orch.agent = site.start_agent(orch.iid, POLICY)
+        rows = wait_for(
+            lambda: (
+                os.path.isfile(os.path.join(orch.root, "suprsync.db"))
+                and path in (r := suprsync_rows(orch))
+                and r
+            ),
+            20,
+            "the file registered after the restart",
+        )
+        assert rows[path]["remote_path"] == "late/" + os.path.basename(path)
+    finally:
+        orch.stop(signal.SIGKILL)

@@ -238,3 +238,20 @@ def test_content_types():
     assert not content_type_ok(b"multipart/form-data; boundary=x")
     assert not content_type_ok(b"application/xml")
     assert not content_type_ok(b"application/octet-stream")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.integers(min_value=-(2**80), max_value=2**80),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.none(),
+        st.text(max_size=5),
+    )
+)
+def test_integer_task_parameters_check_never_raises(value):
+    from socs_agents.agents.file_orchestrator.agent import _uint
+
+    ok = _uint(value)
+    assert ok is (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID)

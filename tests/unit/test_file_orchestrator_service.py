@@ -109,3 +109,72 @@ def test_a_full_queue_is_overloaded_not_dropped(db_path):
     finally:
         gate.set()
         svc.worker.stop(drain=False, timeout=2)
+
+
+class PumpedReactor:
+    """callFromThread of a reactor, pumped by the test: the reactor side without a reactor."""
+
+    def __init__(self):
+        import queue
+
+        self.calls = queue.SimpleQueue()
+
+    def callFromThread(self, fn, *args):
+        self.calls.put((fn, args))
+
+    def pump_until(self, done, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not done():
+            fn, args = self.calls.get(timeout=max(0.01, deadline - time.monotonic()))
+            fn(*args)
+
+
+def test_reactor_jobs_run_in_batches_in_order_and_each_gets_its_answer(db_path):
+    reactor = PumpedReactor()
+    svc = StateService(lambda: State(db_path), reactor=reactor)
+    try:
+        svc.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(n, 0) for n in range(1, 41)])
+        gate = threading.Event()
+        svc.call(lambda state: gate.wait(5))  # hold the worker: the next jobs pile up
+        got = []
+        for i in range(40):
+            d = (
+                svc.submit(State.request, TR, 1)
+                if i % 2 == 0
+                else svc.submit(State.read_next, "h", TR)
+            )
+            d.addCallbacks(got.append, lambda f: got.append(f.value))
+        assert svc.figures()["queued"] >= 40
+        gate.set()
+        reactor.pump_until(lambda: len(got) == 40)
+        # requests and reads alternate: every read finds the credit of the request before it
+        assert [g["credits"] for g in got[0::2]] == [1] * 20
+        assert [g.trigger_number for g in got[1::2]] == list(range(1, 21))
+        assert svc.snapshot["reads"] == 20
+    finally:
+        svc.worker.call(svc.state.close).result(5)
+        svc.worker.stop(drain=False, timeout=2)
+
+
+def test_reactor_jobs_over_the_bound_are_overloaded(db_path):
+    from socs_agents.agents.file_orchestrator.state import Overloaded
+
+    reactor = PumpedReactor()
+    svc = StateService(lambda: State(db_path), max_queue=3, reactor=reactor)
+    gate = threading.Event()
+    try:
+        svc.call(lambda state: gate.wait(5))
+        ds = [svc.submit(State.request, TR, 1) for _ in range(4)]
+        failures = []
+        ds[3].addErrback(lambda f: failures.append(f.trap(Overloaded)))
+        assert failures == [Overloaded]
+        got = []
+        for d in ds[:3]:
+            d.addCallback(got.append)
+        gate.set()
+        reactor.pump_until(lambda: len(got) == 3)
+        assert [g["credits"] for g in got] == [1, 2, 3]
+    finally:
+        gate.set()
+        svc.worker.call(svc.state.close).result(5)
+        svc.worker.stop(drain=False, timeout=2)
