@@ -251,7 +251,7 @@ def test_content_types():
     )
 )
 def test_integer_task_parameters_check_never_raises(value):
-    from socs_agents.agents.file_orchestrator.agent import _uint
+    from socs_agents.agents.file_orchestrator.options import uint_param
 
-    ok = _uint(value)
+    ok = uint_param(value)
     assert ok is (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID)

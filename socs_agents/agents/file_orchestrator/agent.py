@@ -41,11 +41,10 @@ from .http_api import (
     remove_file_args,
 )
 from .layout import FileLayout
-from .options import env_debug, remote_path_for
+from .options import env_debug, remote_path_for, uint_param
 from .service import StateService
 from .state import (
     MAX_CREDITS,
-    MAX_ID,
     RECORD_TYPES,
     TRIGGER_RECORD,
     DomainError,
@@ -60,11 +59,6 @@ COUNTS_FEED = "orchestrator_counts"
 DISCOVERY_FAULTS = ("add_failed", "errors", "inbox_full", "refused_memory_full")
 #: registrations waiting at most; more wait in the state (unregistered) for the next pass
 MAX_REGISTER_QUEUE = 1000
-
-
-def _uint(value) -> bool:
-    """``check=`` of integer task parameters: 0 to 2**63 - 1 (what SQLite holds)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 class FileOrchestrator:
@@ -386,7 +380,7 @@ class FileOrchestrator:
 
     @ocs_agent.param("host", default=None, type=str)
     @ocs_agent.param("file", type=str)
-    @ocs_agent.param("run_number", type=int, check=_uint)
+    @ocs_agent.param("run_number", type=int, check=uint_param)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
     @ocs_agent.param("record_ids", type=list)
     def new_file(self, session, params):
@@ -491,9 +485,9 @@ class FileOrchestrator:
 
         return self._run_task(session, "read_next", read)
 
-    @ocs_agent.param("run_number", type=int, check=_uint)
-    @ocs_agent.param("trigger_number", type=int, check=_uint)
-    @ocs_agent.param("sequence_number", default=0, type=int, check=_uint)
+    @ocs_agent.param("run_number", type=int, check=uint_param)
+    @ocs_agent.param("trigger_number", type=int, check=uint_param)
+    @ocs_agent.param("sequence_number", default=0, type=int, check=uint_param)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
     @ocs_agent.param("file", default="", type=str)
     def complete(self, session, params):
