@@ -821,7 +821,7 @@ def test_a_registration_that_meets_a_locked_suprsync_db_is_done_later(orch):
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    rows = wait_for(lambda: (r := suprsync_rows(orch)) and path in r and r, 15, "registered")
+    rows = wait_for(lambda: (r := suprsync_rows(orch)) and path in r and r, 20, "registered")
     assert rows[path]["remote_path"] == "reg/" + os.path.basename(path)
 
 
@@ -851,15 +851,15 @@ def test_a_file_whose_registration_failed_is_registered_at_the_next_start(site, 
         wait_for(lambda: not site.answers(orch.iid), 15, "the killed agent to unregister")
         os.rmdir(os.path.join(orch.root, "suprsync.db"))
         orch.agent = site.start_agent(orch.iid, POLICY)
-        rows = wait_for(
-            lambda: (
-                os.path.isfile(os.path.join(orch.root, "suprsync.db"))
-                and path in (r := suprsync_rows(orch))
-                and r
-            ),
-            20,
-            "the file registered after the restart",
-        )
+
+        def registered():
+            try:
+                rows = suprsync_rows(orch)
+            except sqlalchemy.exc.OperationalError:  # the agent is creating it now
+                return None
+            return rows if path in rows else None
+
+        rows = wait_for(registered, 20, "the file registered after the restart")
         assert rows[path]["remote_path"] == "late/" + os.path.basename(path)
     finally:
         orch.stop(signal.SIGKILL)
