@@ -35,6 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(HERE, "..", "docs", "figures", "file_orchestrator.rst")
 SCENARIOS = ["throughput", "discovery", "restart"]
 HOST = "bench-host"
+# the tasks that change the state (request_record) need credential level 2
+PW2 = "bench-level-2"
+POLICY = ["--access-policy", f"override:{PW2},bench-level-3"]
 
 
 class Bench:
@@ -57,9 +60,11 @@ class Bench:
                 ["--state-db", os.path.join(root, "state.db")],
                 ["--host-name", HOST],
                 ["--lease-timeout", lease_timeout],
+                # add_records() announces files of this host under /data/bench
+                ["--allowed-root", os.path.join(root, "vol"), "/data/bench"],
             ],
         )
-        agent = self.site.start_agent(iid)
+        agent = self.site.start_agent(iid, POLICY)
         return agent, port, root, iid
 
     def kill(self, agent) -> None:
@@ -88,7 +93,7 @@ def add_records(port: int, n: int, per_file: int = 10_000, prefix: str = "bench"
 
 
 def add_credits(site: LocalSite, iid: str, n: int) -> None:
-    reply = site.client(iid).request_record(count=n)
+    reply = site.client(iid, privs=PW2).request_record(count=n)
     assert reply.session["success"], reply
 
 
@@ -233,7 +238,7 @@ def sc_restart(b: Bench, q: bool) -> dict:
     for _ in range(1 if q else 3):
         b.kill(agent)
         wait_for(lambda: not b.site.answers(iid), 15, "the killed agent to unregister")
-        agent = AgentProcess(b.site, iid)
+        agent = AgentProcess(b.site, iid, POLICY)
         b.site.agents.append(agent)
         t0 = time.monotonic()
         agent.start()

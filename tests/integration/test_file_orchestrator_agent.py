@@ -38,6 +38,11 @@ class Orchestrator:
             ["--rescan-interval", 0],
             ["--suprsync-db", os.path.join(root, "suprsync.db")],
             ["--archive-name", "dune"],
+            # files of this host announced over HTTP in these tests lie under /data
+            # ocs keeps one entry per option name: several values after one
+            ["--allowed-root", self.volume, "/data"],
+            ["--register-retry-interval", 1],
+            ["--max-body-bytes", 1 << 20],
         ]
         self.agent = None
         self.runs = 0
@@ -374,7 +379,7 @@ def feed_samples(feed):
 def test_ocs_tasks_and_feed_agree_with_http(orch, site):
     feed = FeedSubscriber(site, orch.iid, "orchestrator_counts")
     try:
-        client = orch.client()
+        client = orch.client(PW2)
         r = client.new_file(
             file="/data/ocs/e_run000005.hdf5", run_number=5, record_ids=[[1, 0], [2, 0]]
         )
@@ -407,7 +412,7 @@ def test_ocs_tasks_and_feed_agree_with_http(orch, site):
         assert client.complete(run_number=5, trigger_number=99).session["data"]["status"] == 404
         r = client.new_file(file="relative.hdf5", run_number=5, record_ids=[[1, 0]])
         assert r.session["success"] is False and r.session["data"]["status"] == 400
-        r = client.stats(files=5)
+        r = orch.client().stats(files=5)  # reading needs level 1 only
         counts = orch.counts()
         assert r.session["data"]["counts"] == counts
         assert counts["done"] == 2 and counts["reads"] == 2
@@ -511,3 +516,350 @@ def test_simulator_command_against_the_agent(orch, tmp_path):
         )
         > 0
     )
+
+
+def test_a_write_locked_state_database_stalls_nothing_and_loses_nothing(orch):
+    """Another process holds the state database's write lock for 10 s: ``GET /stats`` and
+    OCS ``status`` answer within 50 ms throughout; every request made meanwhile (HTTP on
+    several connections, two pipelined on one socket, an OCS task) is answered correctly
+    after the lock is released, and the state holds all of it."""
+    import sqlite3
+    import threading
+    import time
+
+    host = "lock-host"
+    c = orch.http()
+    c.new_file(host, "/data/lock/a_run000007.hdf5", 7, "TriggerRecord", [[1, 0], [2, 0], [3, 0]])
+    c.request_tr()
+    assert c.read_next_triggerrecord(host)[1]["trigger_number"] == 1
+    c.close()
+    client = orch.client(PW2)
+    stats = orch.http()
+    before = orch.counts()
+    # the watch process refreshes its session.data every second
+    wait_for(lambda: client.watch.status().session["data"]["counts"] == before, 5, "watch status")
+    answers: dict = {}
+
+    def http_call(name, fn):
+        h = OrchestratorClient(orch.url, timeout=60)
+        try:
+            answers[name] = fn(h)
+        finally:
+            h.close()
+
+    def ocs_call():
+        answers["ocs"] = client.request_record(count=2).session
+
+    locker = sqlite3.connect(orch.state_db, isolation_level=None, timeout=5)
+    locker.execute("BEGIN IMMEDIATE")
+    locked_at = time.monotonic()
+    pipe = socket.create_connection(("127.0.0.1", orch.port), timeout=60)
+    try:
+        read = json.dumps({"host": host, "file": ""}).encode()
+        # the Dispatcher's way: two requests in one send on one socket
+        pipe.sendall(
+            _request("GET", "/request-tr", host=False)
+            + _request("POST", "/read-next-triggerrecord", read, host=False)
+        )
+        threads = [
+            threading.Thread(target=http_call, args=(name, fn))
+            for name, fn in (
+                (
+                    "new",
+                    lambda h: h.new_file(
+                        host, "/data/lock/b_run000008.hdf5", 8, "TriggerRecord", [[10, 0]]
+                    ),
+                ),
+                ("complete", lambda h: h.complete(7, 1, 0)),
+            )
+        ] + [threading.Thread(target=ocs_call)]
+        for t in threads:
+            t.start()
+        wait_for(
+            lambda: stats.stats()[1]["state"]["lock_waiting_s"] > 0, 5, "a job held by the lock"
+        )
+        worst_stats = worst_status = 0.0
+        n = 0
+        while time.monotonic() - locked_at < 10:
+            t0 = time.perf_counter()
+            status, body = stats.stats()
+            worst_stats = max(worst_stats, time.perf_counter() - t0)
+            assert status == 200 and body["counts"] == before
+            t0 = time.perf_counter()
+            watch = client.watch.status().session
+            worst_status = max(worst_status, time.perf_counter() - t0)
+            assert watch["data"]["counts"] == before
+            n += 1
+            time.sleep(0.1)
+        assert n >= 20
+        print(
+            f"during a 10 s lock: worst GET /stats {worst_stats * 1e3:.1f} ms, "
+            f"worst OCS status {worst_status * 1e3:.1f} ms ({n} each)"
+        )
+        assert worst_stats < 0.05, f"GET /stats took {worst_stats * 1e3:.1f} ms during the lock"
+        assert worst_status < 0.05, f"OCS status took {worst_status * 1e3:.1f} ms during the lock"
+        assert not answers, answers  # nothing answered while locked
+        assert all(t.is_alive() for t in threads)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    try:
+        buf = b""
+        first, _, body1, buf = _read_response(pipe, buf)
+        second, _, body2, buf = _read_response(pipe, buf)
+    finally:
+        pipe.close()
+    for t in threads:
+        t.join(30)
+    assert (first, body1["status"]) == (200, "ok")
+    assert second == 200 and body2["trigger_number"] == 2
+    assert answers["new"] == (
+        200,
+        {
+            "status": "ok",
+            "host": host,
+            "file": "/data/lock/b_run000008.hdf5",
+            "added": 1,
+            "known": 0,
+        },
+    )
+    assert answers["complete"] == (200, {"status": "ok", "file": "/data/lock/a_run000007.hdf5"})
+    assert answers["ocs"]["success"] is True
+    after = orch.counts()
+    assert (after["files"], after["pending"], after["active"], after["done"]) == (2, 2, 1, 1)
+    assert (after["credits_tr"], after["requests_tr"], after["reads"]) == (2, 4, 2)
+    stats.close()
+
+
+def suprsync_rows(orch, create=False):
+    db = SupRsyncDB(os.path.join(orch.root, "suprsync.db"), create_all=create)
+    try:
+        return {r["local_path"]: r for r in db.files(archive_name="dune")}
+    finally:
+        db.close()
+
+
+def faults(orch):
+    c = orch.http()
+    try:
+        return c.stats()[1]["faults"]
+    finally:
+        c.close()
+
+
+def test_state_changing_tasks_need_level_2_and_bad_numbers_are_clear_errors(orch):
+    reader = orch.client()
+    for call in (
+        lambda: reader.new_file(file="/data/x/a_run000001.hdf5", run_number=1, record_ids=[[1, 0]]),
+        lambda: reader.remove_file(file="/data/x/a_run000001.hdf5"),
+        lambda: reader.request_record(),
+        lambda: reader.read_next(),
+        lambda: reader.complete(run_number=1, trigger_number=1),
+    ):
+        reply = call()
+        assert reply.status != 0 and "credential level" in reply.msg, reply
+    assert reader.stats().session["success"] is True
+    writer = orch.client(PW2)
+    for call in (
+        lambda: writer.request_record(count=10**30),
+        lambda: writer.request_record(count=1e308),
+        lambda: writer.complete(run_number=2**64, trigger_number=1),
+        lambda: writer.complete(run_number=1, trigger_number=-1),
+        lambda: writer.new_file(file="/data/x/a.hdf5", run_number=1.5, record_ids=[[1, 0]]),
+    ):
+        reply = call()
+        # refused at the door by @ocs_agent.param: an error reply naming the parameter
+        text = str(reply.msg) + json.dumps(reply.session, default=str)
+        assert reply.status != 0 or reply.session.get("success") is False, reply
+        assert "Param" in text and "Traceback" not in text and "OverflowError" not in text
+    assert all(v == 0 for v in orch.counts().values())
+
+
+def test_a_file_outside_the_roots_is_refused_over_http_and_on_the_volume(orch, tmp_path):
+    """A secret outside the volume, and a link to it inside the volume named like a record
+    file: neither announcing it over HTTP nor the volume watch takes it; both refusals are
+    counted; nothing reaches the state or the SupRsync database."""
+    before = faults(orch)["by_reason"].get("outside_allowed_root", 0)
+    secret_dir = tmp_path / "private"
+    secret_dir.mkdir()
+    secret, _ = DuneWriter(str(secret_dir), run_number=66).write_file(records=1)
+    link = os.path.join(orch.volume, "leak", "secret_run000066.hdf5")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(secret, link)
+    c = orch.http()
+    try:
+        for path in (link, secret, "/etc/passwd"):
+            status, answer = c.new_file(HOST, path, 66, "TriggerRecord", [[1, 0]])
+            assert status == 403, answer
+            assert answer["reason"] == "outside_allowed_root" and path in answer["error"]
+        # another host's file is not resolved here (and never registered here)
+        assert c.new_file("elsewhere", "/etc/passwd", 1, "TriggerRecord", [[1, 0]])[0] == 200
+        c.remove_file("elsewhere", "/etc/passwd")
+    finally:
+        c.close()
+    # the watch met the link too (its creation): refused, counted under discovery
+
+    def counted():
+        f = faults(orch)
+        return f if f["by_place"].get("discovery", {}).get("outside_allowed_root") else None
+
+    f = wait_for(counted, 10, "the link refused by discovery")
+    assert f["by_place"]["/new-file"]["outside_allowed_root"] >= 3
+    assert f["by_reason"]["outside_allowed_root"] >= before + 4
+    counts = orch.counts()
+    assert counts["files"] == 0 and counts["pending"] == 0
+    rows = suprsync_rows(orch)
+    assert not any(p in rows for p in (link, secret, os.path.realpath(secret)))
+    import sqlite3
+
+    con = sqlite3.connect(orch.state_db)
+    try:
+        paths = [p for (p,) in con.execute("SELECT path FROM files")]
+    finally:
+        con.close()
+    assert link not in paths and secret not in paths
+    os.remove(link)
+
+
+def test_http_input_limits(orch):
+    """A huge Content-Length is answered 413 before the body is sent; a chunked body that
+    grows past the limit is cut off with 413; a non-JSON content type is 415; deep nesting,
+    non-UTF-8 and lone surrogates are 400; every answer JSON, each counted."""
+    import time
+
+    sock = socket.create_connection(("127.0.0.1", orch.port), timeout=10)
+    try:
+        t0 = time.monotonic()
+        sock.sendall(
+            b"POST /new-file HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000000000000\r\n\r\n{"ho'
+        )
+        status, headers, body, _ = _read_response(sock, b"")
+        assert time.monotonic() - t0 < 5
+        assert status == 413 and body["reason"] == "body_too_large"
+        assert headers["connection"] == "close"
+        assert sock.recv(100) == b""  # closed: the rest of the body is never read
+    finally:
+        sock.close()
+    sock = socket.create_connection(("127.0.0.1", orch.port), timeout=10)
+    try:
+        sock.sendall(b"POST /new-file HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        answer = b""
+        try:
+            for _ in range(40):  # 2.5 MiB, over the 1 MiB limit
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while b"}" not in answer:
+                more = sock.recv(65536)
+                if not more:
+                    break
+                answer += more
+        except ConnectionResetError:
+            pass
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b'"reason": "body_too_large"' in answer
+    finally:
+        sock.close()
+    c = orch.http()
+    try:
+        cases = [
+            ("/new-file", b"[" * 200_000 + b"]" * 200_000, "application/json", 400),
+            ("/complete", b"\xff\xfe{}", "application/json", 400),
+            ("/read-next-triggerrecord", b'{"host": "\\ud800", "file": ""}', None, 400),
+            ("/complete", b"<xml/>", "application/xml", 415),
+            ("/new-file", b"a=1", "multipart/form-data; boundary=x", 415),
+        ]
+        for path, raw, ctype, want in cases:
+            c.conn.putrequest("POST", path)
+            if ctype:
+                c.conn.putheader("Content-Type", ctype)
+            c.conn.putheader("Content-Length", str(len(raw)))
+            c.conn.endheaders(raw)
+            resp = c.conn.getresponse()
+            payload = resp.read()
+            assert resp.status == want, (path, resp.status, resp.getheaders(), payload[:200])
+            assert json.loads(payload)["error"], (path, payload)
+        # curl -d (form-urlencoded), as in the README, still works
+        status, _ = c.call("GET", "/request-tr")
+        assert status == 200
+    finally:
+        c.close()
+    f = faults(orch)["by_reason"]
+    assert f["body_too_large"] >= 2 and f["wrong_content_type"] >= 2 and f["bad_request"] >= 3
+    assert "internal_error" not in f
+
+
+def test_a_registration_that_meets_a_locked_suprsync_db_is_done_later(orch):
+    import sqlite3
+
+    suprsync_rows(orch, create=True)  # make sure the database exists
+    w = orch.writer("reg")
+    path, ids = w.write_file(records=2)
+    wait_counts(orch, pending=2)
+    locker = sqlite3.connect(os.path.join(orch.root, "suprsync.db"), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        c = orch.http()
+        try:
+            for n, seq in ids:
+                c.request_tr()
+                assert c.read_next_triggerrecord(HOST)[0] == 200
+                assert c.complete(w.run_number, n, seq)[0] == 200
+        finally:
+            c.close()
+        wait_counts(orch, done=2, pending=0, active=0)
+
+        def failed():
+            f = faults(orch)["by_place"].get("suprsync", {})
+            return f.get("database_locked")
+
+        wait_for(failed, 20, "the registration failing on the lock")
+        assert path not in suprsync_rows(orch)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    rows = wait_for(lambda: (r := suprsync_rows(orch)) and path in r and r, 20, "registered")
+    assert rows[path]["remote_path"] == "reg/" + os.path.basename(path)
+
+
+def test_a_file_whose_registration_failed_is_registered_at_the_next_start(site, tmp_path):
+    """The SupRsync database cannot be opened (its path is a folder) when a file finishes:
+    the failure is counted, the file stays unregistered in the state; after a kill -9 and
+    the path repaired, the pass at start registers it."""
+    port = free_port()
+    orch = Orchestrator(site, str(tmp_path), f"orchestrator-r{port}", port)
+    os.makedirs(os.path.join(orch.root, "suprsync.db"))
+    orch.start()
+    try:
+        w = orch.writer("late")
+        path, ids = w.write_file(records=2)
+        wait_counts(orch, pending=2)
+        c = orch.http()
+        try:
+            for n, seq in ids:
+                c.request_tr()
+                assert c.read_next_triggerrecord(HOST)[0] == 200
+                assert c.complete(w.run_number, n, seq)[0] == 200
+        finally:
+            c.close()
+        wait_for(lambda: faults(orch)["by_place"].get("suprsync"), 20, "the registration failing")
+        orch.agent.kill()
+        orch.site.agents.remove(orch.agent)
+        wait_for(lambda: not site.answers(orch.iid), 15, "the killed agent to unregister")
+        os.rmdir(os.path.join(orch.root, "suprsync.db"))
+        orch.agent = site.start_agent(orch.iid, POLICY)
+
+        def registered():
+            try:
+                rows = suprsync_rows(orch)
+            except sqlalchemy.exc.OperationalError:  # the agent is creating it now
+                return None
+            return rows if path in rows else None
+
+        rows = wait_for(registered, 20, "the file registered after the restart")
+        assert rows[path]["remote_path"] == "late/" + os.path.basename(path)
+    finally:
+        orch.stop(signal.SIGKILL)

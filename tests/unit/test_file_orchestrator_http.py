@@ -9,10 +9,21 @@ from socs_agents.agents.file_orchestrator.http_api import OrchestratorAPI
 from socs_agents.agents.file_orchestrator.state import State
 
 
+class Driven:
+    """The API and its state, driven in the test's thread (no reactor, no worker)."""
+
+    def __init__(self, state):
+        self.state = state
+        self.api = OrchestratorAPI(lambda: {"counts": state.counts()})
+
+    def handle(self, method, path, raw):
+        return self.api.handle(self.state, method, path, raw)
+
+
 @pytest.fixture
 def api(tmp_path):
     state = State(str(tmp_path / "s.db"))
-    yield OrchestratorAPI(state, lambda: {"counts": state.counts()})
+    yield Driven(state)
     state.close()
 
 

@@ -4,7 +4,16 @@ import sqlite3
 
 import pytest
 
-from socs_agents.agents.file_orchestrator.state import TIME_SLICE, TRIGGER_RECORD, State, StateError
+from socs_agents.agents.file_orchestrator.http_api import error_answer
+from socs_agents.agents.file_orchestrator.state import (
+    TIME_SLICE,
+    TRIGGER_RECORD,
+    DomainError,
+    Invalid,
+    NotFound,
+    State,
+    checkpoint_file,
+)
 
 TR, TS = TRIGGER_RECORD, TIME_SLICE
 
@@ -32,17 +41,29 @@ def make(db_path, clock, **kw):
     return State(db_path, clock=clock, **kw)
 
 
+def answer(fn, *args, **kw):
+    """(status, body) as the HTTP API answers: the one error table maps domain errors."""
+    try:
+        out = fn(*args, **kw)
+    except DomainError as e:
+        return error_answer(e)
+    return 200, out if isinstance(out, dict) else out.answer()
+
+
 def read(state, host="daq1", rtype=TR, file=""):
-    out = state.read_next(host, rtype, file)
-    return out.status, out.body
+    return answer(state.read_next, host, rtype, file)
+
+
+def status_of(fn, *args, **kw):
+    return answer(fn, *args, **kw)[0]
 
 
 def test_request_read_complete(db_path, clock):
     s = make(db_path, clock)
-    assert s.add_file("daq1", "/d/a.hdf5", 5, TR, [(2, 0), (1, 0), (1, 1)]).body["added"] == 3
+    assert s.add_file("daq1", "/d/a.hdf5", 5, TR, [(2, 0), (1, 0), (1, 1)])["added"] == 3
     # no credit yet: 429, whatever is pending
     assert read(s)[0] == 429
-    assert s.request(TR).body["credits"] == 1
+    assert s.request(TR)["credits"] == 1
     status, body = read(s)
     assert status == 200
     assert body == {
@@ -53,7 +74,7 @@ def test_request_read_complete(db_path, clock):
         "type": TR,
     }
     assert s.counts()["credits_tr"] == 0 and s.counts()["active"] == 1
-    assert s.complete(5, 1, 0).status == 200
+    assert s.complete(5, 1, 0)["status"] == "ok"
     c = s.counts()
     assert (c["pending"], c["active"], c["done"], c["completed"], c["reads"]) == (2, 0, 1, 1, 1)
 
@@ -102,25 +123,26 @@ def test_time_slices_can_be_leased(db_path, clock):
     s.request(TS)
     assert read(s, rtype=TS)[0] == 200
     assert s.counts()["active_ts"] == 1
-    assert s.complete(2, 1, 0, TS).status == 200
+    assert s.complete(2, 1, 0, TS)["status"] == "ok"
     assert s.counts()["done"] == 1
 
 
 def test_complete_unknown_done_and_preference(db_path, clock):
     s = make(db_path, clock)
-    assert s.complete(1, 1, 0).status == 404
+    assert status_of(s.complete, 1, 1, 0) == 404
+    with pytest.raises(NotFound):
+        s.complete(1, 1, 0)
     s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0)])
     s.add_file("daq2", "/d/b.hdf5", 1, TR, [(1, 0)])  # the same key in two files
     s.request(TR)
     assert read(s, host="daq2")[1]["file"] == "/d/b.hdf5"
     # the writer completes with file "": the record that was handed out is the one done
-    out = s.complete(1, 1, 0)
-    assert out.status == 200 and out.body["file"] == "/d/b.hdf5"
+    assert s.complete(1, 1, 0) == {"status": "ok", "file": "/d/b.hdf5"}
     assert s.counts()["pending"] == 1
     # completing again is fine (the writer also completes after failed writes)
-    assert s.complete(1, 1, 0, file="/d/b.hdf5").body == {"status": "ok", "already_done": True}
-    assert s.complete(1, 1, 1).status == 404
-    assert s.complete(1, 1, 0, TS).status == 404
+    assert s.complete(1, 1, 0, file="/d/b.hdf5") == {"status": "ok", "already_done": True}
+    assert status_of(s.complete, 1, 1, 1) == 404
+    assert status_of(s.complete, 1, 1, 0, TS) == 404
     assert s.counts()["completed"] == 1
 
 
@@ -139,7 +161,7 @@ def test_lease_expiry_hands_the_record_out_again(db_path, clock):
     c = s.counts()
     assert (c["leases_expired"], c["active"], c["pending"]) == (1, 2, 0)
     # a late completion of the expired hand-out still counts
-    assert s.complete(1, 1, 0).status == 200
+    assert status_of(s.complete, 1, 1, 0) == 200
 
 
 def test_remove_file_withdraws_pending_only(db_path, clock):
@@ -148,8 +170,7 @@ def test_remove_file_withdraws_pending_only(db_path, clock):
     s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0), (2, 0), (3, 0)])
     s.request(TR, 2)
     read(s)
-    out = s.remove_file("daq1", "/d/a.hdf5")
-    assert out.body["withdrawn"] == 2
+    assert s.remove_file("daq1", "/d/a.hdf5")["withdrawn"] == 2
     assert read(s)[0] == 404
     c = s.counts()
     assert (c["files"], c["files_removed"], c["pending"], c["active"], c["withdrawn"]) == (
@@ -165,17 +186,17 @@ def test_remove_file_withdraws_pending_only(db_path, clock):
     assert s.counts()["withdrawn"] == 3 and s.counts()["active"] == 0
     assert done == []  # a removed file is never "done"
     # unknown file: 200, nothing withdrawn
-    assert s.remove_file("daq1", "/d/zzz.hdf5").body["known"] is False
+    assert s.remove_file("daq1", "/d/zzz.hdf5")["known"] is False
 
 
 def test_add_again_is_idempotent_and_revives_withdrawn(db_path, clock):
     s = make(db_path, clock)
     s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0), (2, 0)])
     out = s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0), (2, 0), (3, 0)])
-    assert (out.body["added"], out.body["known"]) == (1, 2)
+    assert (out["added"], out["known"]) == (1, 2)
     s.remove_file("daq1", "/d/a.hdf5")
     assert s.counts()["pending"] == 0
-    assert s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0)]).body["added"] == 1
+    assert s.add_file("daq1", "/d/a.hdf5", 1, TR, [(1, 0)])["added"] == 1
     assert s.counts()["pending"] == 1 and s.counts()["files"] == 1
 
 
@@ -212,7 +233,7 @@ def test_everything_survives_a_reopen(db_path, clock):
     assert before["credits_tr"] == 2 and before["active"] == 1 and before["done"] == 2
     # the active record is still leased, completes, and is not handed out again
     assert read(s)[1]["trigger_number"] == 3
-    assert s.complete(3, 2, 0).status == 200
+    assert status_of(s.complete, 3, 2, 0) == 200
     s.con.close()
     # a lease that went stale while the agent was down expires at the first look
     clock.t += 60
@@ -233,7 +254,7 @@ def test_rejections_change_nothing(db_path, clock):
         lambda: s.read_next("daq1", "x"),
         lambda: s.complete(1, 1, 0, "y"),
     ):
-        with pytest.raises(StateError):
+        with pytest.raises(Invalid):
             call()
     assert dump() == before and s.counts() == counts
 
@@ -254,7 +275,7 @@ def test_reset_forgets_everything(db_path, clock):
 def test_checkpoint_from_another_connection(db_path, clock):
     s = make(db_path, clock)
     s.add_file("daq1", "/d/a.hdf5", 1, TR, [(n, 0) for n in range(2000)])
-    s.checkpoint()
+    checkpoint_file(db_path)
     ro = sqlite3.connect(db_path)
     assert ro.execute("SELECT count(*) FROM records").fetchone()[0] == 2000
 

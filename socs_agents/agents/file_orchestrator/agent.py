@@ -4,6 +4,11 @@ Serves the orchestrator's HTTP API (the real ``FilterOrchestratorClient`` endpoi
 README's) from the agent's reactor, watches volumes for closed HDF5 files, hands trigger
 records and time slices to Dispatchers against credits from the Data Filter, leases what it
 hands out, and keeps all of it in SQLite so that a restart loses nothing.
+
+Threads: the reactor routes HTTP and runs the loops' timers; the state (and its SQLite
+connection) lives on one serial worker (:class:`~.service.StateService`) that HTTP
+handlers, OCS tasks, discovery and the loops submit to; SupRsync registration and WAL
+checkpoints have a worker each; discovery has its loop thread.
 """
 
 from __future__ import annotations
@@ -15,26 +20,45 @@ import threading
 import time
 
 from ocs import ocs_agent, site_config
-from twisted.internet import reactor, task, threads
+from twisted.internet import defer, reactor, task
 
+from ... import runtime
 from ...argtypes import str2bool
+from ...db.entries import AllowedRoots, BadFileEntry
+from .counters import Faults
 from .discovery import Discovery
 from .http_api import (
+    DEFAULT_HTTP_ALLOW,
     DEFAULT_TEMP_SUFFIXES,
-    BadRequest,
+    MAX_BODY_BYTES,
     OrchestratorAPI,
     OrchestratorResource,
     OrchestratorSite,
     complete_args,
-    new_file_args,
+    error_answer,
+    parse_networks,
     read_next_args,
     remove_file_args,
 )
 from .layout import FileLayout
-from .options import env_debug, remote_path_for
-from .state import RECORD_TYPES, TRIGGER_RECORD, FileInfo, State
+from .options import env_debug, remote_path_for, uint_param
+from .service import StateService
+from .state import (
+    MAX_CREDITS,
+    RECORD_TYPES,
+    TRIGGER_RECORD,
+    DomainError,
+    FileInfo,
+    Refused,
+    State,
+    checkpoint_file,
+)
 
 COUNTS_FEED = "orchestrator_counts"
+#: discovery's own counters of faults that are not refusals of a file
+DISCOVERY_FAULTS = ("add_failed", "errors", "inbox_full", "refused_memory_full")
+#: registrations waiting at most; more wait in the state (unregistered) for the next pass
+MAX_REGISTER_QUEUE = 1000
 
 
 class FileOrchestrator:
@@ -48,50 +72,77 @@ class FileOrchestrator:
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
         self.agent = agent
         self.log = agent.log
+        self.report = runtime.reporter(self.log)
         self.args = args
         self.host_name = args.host_name or socket.gethostname()
         self.volumes = [os.path.abspath(v) for v in (args.volume or [])]
         self.patterns = [p for p in args.pattern.split(",") if p]
         self.temp_suffixes = tuple(args.temp_suffix or DEFAULT_TEMP_SUFFIXES)
         self.debug = args.debug if args.debug is not None else env_debug()
+        roots = args.allowed_root or self.volumes
+        #: where local files may lie (links resolved); None: no local file may be taken
+        self.allowed = AllowedRoots(roots) if roots else None
+        self.allowed_clients = parse_networks(args.http_allow or DEFAULT_HTTP_ALLOW)
         t0 = time.perf_counter()
-        self.state = State(
-            args.state_db,
-            lease_timeout=args.lease_timeout,
-            lease_timeslices=args.lease_timeslices,
-            on_file_done=self._file_done,
+        self.service = StateService(
+            lambda: State(
+                args.state_db,
+                lease_timeout=args.lease_timeout,
+                lease_timeslices=args.lease_timeslices,
+                on_file_done=self._file_done,
+            ),
+            lock_limit=args.lock_timeout,
+            report=self.report,
         )
-        c = self.state.counts()
+        c = self.service.snapshot
         self.log.info(
             "state {db} loaded in {ms:.0f} ms: {files} files, {p} pending, {a} active, {d} done",
-            db=self.state.db_path,
+            db=os.path.abspath(args.state_db),
             ms=(time.perf_counter() - t0) * 1e3,
             files=c["files"],
             p=c["pending"],
             a=c["active"],
             d=c["done"],
         )
-        self.api = OrchestratorAPI(self.state, self._stats_now, temp_suffixes=self.temp_suffixes)
+        self.api = OrchestratorAPI(
+            self._stats_now, temp_suffixes=self.temp_suffixes, check_new_file=self._check_local
+        )
+        self.faults = Faults((*self.api.endpoints, "discovery", "suprsync"), self.report)
         self.http_port = None
         self.http: dict = {}
-        self.suprsync = None
+        # SupRsync registration (md5 of whole files) and WAL checkpoints (fsync) each have a
+        # thread of their own, so the state's worker never waits for them.
+        self.registrar = runtime.SerialWorker("orchestrator-suprsync", max_queue=MAX_REGISTER_QUEUE)
         self._registering: set[int] = set()
+        self._registering_lock = threading.Lock()
+        self.checkpointer = runtime.SerialWorker("orchestrator-checkpoint", max_queue=1)
+        self.suprsync = None
         self.discovery: Discovery | None = None
         self._watch_stop = threading.Event()
+        self._expiring = False
         self._stopped = False
+        self._loops: list[task.LoopingCall] = []
         self.agent.register_feed(
             COUNTS_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=1
         )
-        self._loops = []
 
     # ---- reactor side --------------------------------------------------------------------
 
     def listen(self) -> None:
         resource = OrchestratorResource(
-            self.api, log_request=self._log_request, on_error=self._http_error
+            self.api,
+            self.service.submit,
+            log_request=self._log_request,
+            on_refusal=self._http_refusal,
+        )
+        site = OrchestratorSite(
+            resource,
+            max_body_bytes=self.args.max_body_bytes,
+            allowed_clients=self.allowed_clients,
+            on_refusal=self._http_refusal,
         )
         self.http_port = reactor.listenTCP(
-            self.args.http_port, OrchestratorSite(resource), interface=self.args.http_interface
+            self.args.http_port, site, interface=self.args.http_interface
         )
         self.http = {"interface": self.args.http_interface, "port": self.http_port.getHost().port}
         self.log.info(
@@ -102,15 +153,16 @@ class FileOrchestrator:
         )
 
     def start_loops(self) -> None:
-        """Lease expiry, checkpoints, feed and SupRsync retries, all on the reactor."""
+        """Lease expiry, checkpoints, feed and SupRsync retries: timers on the reactor that
+        hand their work to the workers."""
         period = max(0.05, min(1.0, self.args.lease_timeout / 4))
         for fn, every, now in (
             (self._expire, period, True),
             (self._checkpoint, 10.0, False),
             (self._publish_counts, self.args.feed_interval, True),
-            (self._register_done_files, 30.0, True),
+            (self._register_done_files, self.args.register_retry_interval, True),
         ):
-            loop = task.LoopingCall(self._guarded, fn)
+            loop = task.LoopingCall(fn)
             d = loop.start(every, now=now)
             d.addErrback(
                 lambda f, name=fn.__name__: self.log.error(
@@ -119,27 +171,43 @@ class FileOrchestrator:
             )
             self._loops.append(loop)
 
-    def _guarded(self, fn) -> None:
-        """One turn of a loop; an error is logged and the loop goes on."""
-        try:
-            fn()
-        except Exception as e:
-            self.log.error("{name} failed: {t}: {e}", name=fn.__name__, t=type(e).__name__, e=e)
-
     def _expire(self) -> None:
-        n = self.state.expire_leases()
-        if n:
-            self.log.warn("{n} lease(s) expired; the records are pending again", n=n)
+        if self._expiring:  # the last one still waits (a locked database): no pile-up
+            return
+        self._expiring = True
+
+        def done(n) -> None:
+            self._expiring = False
+            if n:
+                self.log.warn("{n} lease(s) expired; the records are pending again", n=n)
+
+        def failed(f) -> None:
+            self._expiring = False
+            self.log.warn("lease expiry failed (tried again): {e}", e=f.value)
+
+        self.service.submit(State.expire_leases).addCallbacks(done, failed)
 
     def _checkpoint(self) -> None:
-        d = threads.deferToThread(self.state.checkpoint)
+        d = self.checkpointer.submit(checkpoint_file, os.path.abspath(self.args.state_db))
         d.addErrback(lambda f: self.log.warn("checkpoint failed: {e}", e=f.value))
 
     def _publish_counts(self) -> None:
-        data = self.state.counts()
+        now = time.time()
         self.agent.publish_to_feed(
             COUNTS_FEED,
-            {"block_name": "counts", "timestamp": time.time(), "data": data},
+            {"block_name": "counts", "timestamp": now, "data": self.service.snapshot},
+            from_reactor=True,
+        )
+        faults = self.faults.feed_fields()
+        state = self.service.figures()
+        faults["state_lock_waits"] = state["lock_waits"]
+        faults["state_lock_timeouts"] = state["lock_timeouts"]
+        found = self.discovery.counters if self.discovery is not None else {}
+        for name in DISCOVERY_FAULTS:
+            faults[f"discovery_{name}"] = found.get(name, 0)
+        self.agent.publish_to_feed(
+            COUNTS_FEED,
+            {"block_name": "faults", "timestamp": now, "data": faults},
             from_reactor=True,
         )
 
@@ -149,118 +217,162 @@ class FileOrchestrator:
                 "{m} {p} -> {s} ({ms:.2f} ms)", m=method, p=path, s=status, ms=seconds * 1e3
             )
 
-    def _http_error(self, path: str, err: BaseException) -> None:
-        self.log.error("HTTP {p} failed: {t}: {e}", p=path, t=type(err).__name__, e=err)
+    def _http_refusal(self, endpoint: str, reason: str, detail: str) -> None:
+        level = "error" if reason == "internal_error" else "warn"
+        self.faults.hit(endpoint, reason, detail, level)
 
-    # ---- discovery (thread -> reactor) ---------------------------------------------------
+    def _check_local(self, args: dict) -> None:
+        """A file of this host must lie under an allowed root once links are resolved; a
+        file of another host cannot be resolved here (and is never registered here)."""
+        if args["host"] != self.host_name:
+            return
+        if self.allowed is None:
+            raise Refused(
+                f"{args['path']!r}: no allowed root is configured (--allowed-root, --volume)",
+                "outside_allowed_root",
+            )
+        try:
+            self.allowed.check(args["path"])
+        except BadFileEntry as e:
+            raise Refused(str(e), e.code) from None
+        except (OSError, ValueError) as e:  # a path the OS cannot resolve (too long)
+            raise Refused(f"{args['path']!r}: {e}", "bad_path") from None
+
+    # ---- discovery (its own thread; waits for the state's worker) -----------------------
 
     def _make_discovery(self) -> Discovery:
         # Only files under the volumes: a file of this host announced by POST /new-file
         # elsewhere must not be withdrawn because a scan does not find it.
         roots = tuple(v.rstrip("/") + "/" for v in self.volumes)
-        known = [
-            f.path
-            for f in self.state.files.values()
-            if f.host == self.host_name and not f.removed and f.path.startswith(roots)
-        ]
+        host = self.host_name
+
+        def known_paths(state: State) -> list[str]:
+            return [
+                f.path
+                for f in state.files.values()
+                if f.host == host and not f.removed and f.path.startswith(roots)
+            ]
+
         return Discovery(
             self.volumes,
             self.patterns,
-            added=lambda p, lay: reactor.callFromThread(self._file_found, p, lay),
-            removed=lambda p: reactor.callFromThread(self._file_gone, p),
-            report=lambda level, text: getattr(self.log, level)("{t}", t=text),
-            known=known,
+            added=self._file_found,
+            removed=self._file_gone,
+            report=self.report,
+            known=self.service.run(known_paths),
+            allowed=self.allowed,
+            on_refusal=lambda reason, detail: self.faults.hit("discovery", reason, detail),
             temp_suffixes=self.temp_suffixes,
             retry_timeout=self.args.read_retry_timeout,
             rescan_interval=self.args.rescan_interval,
         )
 
     def _file_found(self, path: str, layout: FileLayout) -> None:
-        try:
-            for record_type, ids in layout.records.items():
-                out = self.state.add_file(
-                    self.host_name,
-                    path,
-                    layout.run_number,
-                    record_type,
-                    ids,
-                    created=layout.created,
+        """Add a discovered file (discovery thread; raises if the state refuses it, so the
+        file is tried again later)."""
+        for record_type, ids in layout.records.items():
+            out = self.service.run(
+                State.add_file,
+                self.host_name,
+                path,
+                layout.run_number,
+                record_type,
+                ids,
+                layout.created,
+            )
+            if self.debug or out["added"]:
+                self.log.info(
+                    "{path}: run {run}, {n} {t}(s) added",
+                    path=path,
+                    run=layout.run_number,
+                    n=out["added"],
+                    t=record_type,
                 )
-                if self.debug or out.body["added"]:
-                    self.log.info(
-                        "{path}: run {run}, {n} {t}(s) added",
-                        path=path,
-                        run=layout.run_number,
-                        n=out.body["added"],
-                        t=record_type,
-                    )
-        except Exception as e:
-            self.log.error("could not add {path}: {e}", path=path, e=e)
 
     def _file_gone(self, path: str) -> None:
-        try:
-            out = self.state.remove_file(self.host_name, path)
-            self.log.info(
-                "{path} deleted: {n} pending record(s) withdrawn",
-                path=path,
-                n=out.body["withdrawn"],
-            )
-        except Exception as e:
-            self.log.error("could not remove {path}: {e}", path=path, e=e)
+        out = self.service.run(State.remove_file, self.host_name, path)
+        self.log.info(
+            "{path} deleted: {n} pending record(s) withdrawn", path=path, n=out["withdrawn"]
+        )
 
     # ---- SupRsync ------------------------------------------------------------------------
 
     def _file_done(self, info: FileInfo) -> None:
+        """Every record of ``info`` is done (state worker): register it, on the registrar."""
         if self.args.suprsync_db and info.host == self.host_name and not info.registered:
-            self._register(info)
+            self._register(info.id, info.path)
 
     def _register_done_files(self) -> None:
-        if self.args.suprsync_db:
-            for info in self.state.files_to_register():
-                if info.host == self.host_name:
-                    self._register(info)
-
-    def _register(self, info: FileInfo) -> None:
-        if info.id in self._registering:
+        if not self.args.suprsync_db:
             return
-        self._registering.add(info.id)
-        path, archive = info.path, self.args.archive_name
+        host = self.host_name
 
-        def work():
-            from ...db import SupRsyncDB, make_entry
+        def todo(state: State) -> list[tuple[int, str]]:
+            return [(f.id, f.path) for f in state.files_to_register() if f.host == host]
 
-            if self.suprsync is None:
-                self.suprsync = SupRsyncDB(self.args.suprsync_db)
-            entry = make_entry(
-                path, remote_path_for(path, self.volumes), archive, known_archives=None
-            )
-            return self.suprsync.add_files([entry])
+        d = self.service.submit(todo)
+        d.addCallback(lambda files: [self._register(i, p) for i, p in files])
+        d.addErrback(lambda f: self.log.warn("SupRsync retry pass failed: {e}", e=f.value))
 
-        def done(result):
-            self._registering.discard(info.id)
-            self.state.mark_registered(info.id)
-            self.log.info(
-                "{p}: every record done; registered in SupRsync archive {a}{dup}",
-                p=path,
-                a=archive,
-                dup=" (already there)" if result.duplicates else "",
-            )
+    def _register(self, file_id: int, path: str) -> None:
+        """Queue the registration of one finished file (any thread). A file already queued
+        is not queued twice; one that does not fit the bounded queue, or whose registration
+        fails, stays unregistered in the state and is queued again by the next pass
+        (``--register-retry-interval``), also after a restart."""
+        with self._registering_lock:
+            if file_id in self._registering:
+                return
+            self._registering.add(file_id)
+        future = self.registrar.call(self._register_now, file_id, path)
+        future.add_done_callback(lambda f: self._registered(f, file_id, path))
 
-        def failed(f):
-            self._registering.discard(info.id)
-            self.log.warn(
-                "{p}: SupRsync registration failed (retried later): {e}", p=path, e=f.value
-            )
+    def _register_now(self, file_id: int, path: str):
+        """On the registrar: one SupRsync row, then the state's ``registered`` flag."""
+        from ...db import SupRsyncDB, make_entry
 
-        threads.deferToThread(work).addCallbacks(done, failed)
+        if self.allowed is None:
+            raise BadFileEntry(path, "no allowed root is configured", "outside_allowed_root")
+        self.allowed.check(path)
+        if self.suprsync is None:
+            self.suprsync = SupRsyncDB(self.args.suprsync_db)
+        entry = make_entry(
+            path, remote_path_for(path, self.volumes), self.args.archive_name, known_archives=None
+        )
+        result = self.suprsync.add_files([entry])
+        self.service.run(State.mark_registered, file_id)
+        return result
+
+    def _registered(self, future, file_id: int, path: str) -> None:
+        with self._registering_lock:
+            self._registering.discard(file_id)
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, runtime.QueueFull):
+                reason = "queue_full"
+            elif isinstance(exc, BadFileEntry):
+                reason = exc.code
+            elif runtime.is_locked(exc):
+                reason = "database_locked"
+            else:
+                reason = "failed"
+            self.faults.hit("suprsync", reason, f"{path} (retried later): {exc}")
+            return
+        self.log.info(
+            "{p}: every record done; registered in SupRsync archive {a}{dup}",
+            p=path,
+            a=self.args.archive_name,
+            dup=" (already there)" if future.result().duplicates else "",
+        )
 
     # ---- operations ----------------------------------------------------------------------
 
-    def _call(self, fn, *args, **kwargs):
-        """Run ``fn`` on the reactor thread from an operation's worker thread."""
-        return threads.blockingCallFromThread(reactor, fn, *args, **kwargs)
-
-    def _answer(self, session, status: int, body: dict, what: str):
+    def _run_task(self, session, what: str, fn, *args):
+        """Run ``fn(state, *args)`` on the state's worker for a task; the answer, with the
+        HTTP endpoint's status, becomes ``session.data``."""
+        try:
+            status, body = 200, self.service.run(fn, *args)
+        except DomainError as e:
+            status, body = error_answer(e)
         session.data = {"status": status, **body}
         if status == 200:
             return True, f"{what}: done"
@@ -268,13 +380,14 @@ class FileOrchestrator:
 
     @ocs_agent.param("host", default=None, type=str)
     @ocs_agent.param("file", type=str)
-    @ocs_agent.param("run_number", type=int)
+    @ocs_agent.param("run_number", type=int, check=uint_param)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
     @ocs_agent.param("record_ids", type=list)
     def new_file(self, session, params):
         """new_file(host=None, file, run_number, record_type='TriggerRecord', record_ids)
 
-        **Task** - Register a file and its records, like ``POST /new-file``.
+        **Task** - Register a file and its records, like ``POST /new-file`` (needs
+        credential level 2). A file of this host must lie under an allowed root.
 
         Parameters:
             host (str, optional): Host holding the file. Default: this agent's host.
@@ -291,19 +404,17 @@ class FileOrchestrator:
                  'added': 2, 'known': 0}
         """
         body = dict(params, host=params["host"] or self.host_name)
-        try:
-            args = new_file_args(body, self.temp_suffixes)
-        except BadRequest as e:
-            return self._answer(session, 400, {"error": str(e)}, "new_file")
-        out = self._call(self.state.add_file, **args)
-        return self._answer(session, out.status, out.body, "new_file")
+        return self._run_task(
+            session, "new_file", lambda state: state.add_file(**self.api.new_file_args(body))
+        )
 
     @ocs_agent.param("host", default=None, type=str)
     @ocs_agent.param("file", type=str)
     def remove_file(self, session, params):
         """remove_file(host=None, file)
 
-        **Task** - Withdraw a file's pending records, like ``POST /remove-file``.
+        **Task** - Withdraw a file's pending records, like ``POST /remove-file`` (needs
+        credential level 2).
 
         Parameters:
             host (str, optional): Host holding the file. Default: this agent's host.
@@ -316,19 +427,18 @@ class FileOrchestrator:
                 {'status': 200, 'host': 'daq01', 'file': '/data/run1.hdf5',
                  'withdrawn': 2, 'known': True}
         """
-        try:
-            args = remove_file_args(dict(params, host=params["host"] or self.host_name))
-        except BadRequest as e:
-            return self._answer(session, 400, {"error": str(e)}, "remove_file")
-        out = self._call(self.state.remove_file, **args)
-        return self._answer(session, out.status, out.body, "remove_file")
+        body = dict(params, host=params["host"] or self.host_name)
+        return self._run_task(
+            session, "remove_file", lambda state: state.remove_file(**remove_file_args(body))
+        )
 
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
-    @ocs_agent.param("count", default=1, type=int, check=lambda n: 1 <= n <= 1_000_000)
+    @ocs_agent.param("count", default=1, type=int, check=lambda n: 1 <= n <= MAX_CREDITS)
     def request_record(self, session, params):
         """request_record(record_type='TriggerRecord', count=1)
 
-        **Task** - Add Data Filter credits, like ``GET /request-tr`` (``/request-ts``).
+        **Task** - Add Data Filter credits, like ``GET /request-tr`` (``/request-ts``;
+        needs credential level 2).
 
         Parameters:
             record_type (str, optional): 'TriggerRecord' or 'TimeSlice'.
@@ -340,8 +450,9 @@ class FileOrchestrator:
                 >>> response.session['data']
                 {'status': 200, 'type': 'TriggerRecord', 'credits': 3}
         """
-        out = self._call(self.state.request, params["record_type"], params["count"])
-        return self._answer(session, out.status, out.body, "request_record")
+        return self._run_task(
+            session, "request_record", State.request, params["record_type"], params["count"]
+        )
 
     @ocs_agent.param("host", default=None, type=str)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
@@ -349,9 +460,10 @@ class FileOrchestrator:
     def read_next(self, session, params):
         """read_next(host=None, record_type='TriggerRecord', file='')
 
-        **Task** - Hand out the next record, like ``POST /read-next-triggerrecord``
-        (``/read-next-timeslice``). Fails (status 429) without a Data Filter credit, and
-        (status 404) when no record of a file on ``host`` is pending.
+        **Task** - Hand out the next record (needs credential level 2), like
+        ``POST /read-next-triggerrecord`` (``/read-next-timeslice``). Fails (status 429)
+        without a Data Filter credit, and (status 404) when no record of a file on ``host``
+        is pending.
 
         Parameters:
             host (str, optional): The Dispatcher's host. Default: this agent's host.
@@ -365,21 +477,25 @@ class FileOrchestrator:
                 {'status': 200, 'file': '/data/run1.hdf5', 'run_number': 1,
                  'trigger_number': 2, 'sequence_number': 0, 'type': 'TriggerRecord'}
         """
-        args = read_next_args(dict(params, host=params["host"] or self.host_name))
-        out = self._call(self.state.read_next, args["host"], params["record_type"], args["file"])
-        return self._answer(session, out.status, out.body, "read_next")
+        body = dict(params, host=params["host"] or self.host_name)
 
-    @ocs_agent.param("run_number", type=int)
-    @ocs_agent.param("trigger_number", type=int)
-    @ocs_agent.param("sequence_number", default=0, type=int)
+        def read(state: State) -> dict:
+            args = read_next_args(body)
+            return state.read_next(args["host"], params["record_type"], args["file"]).answer()
+
+        return self._run_task(session, "read_next", read)
+
+    @ocs_agent.param("run_number", type=int, check=uint_param)
+    @ocs_agent.param("trigger_number", type=int, check=uint_param)
+    @ocs_agent.param("sequence_number", default=0, type=int, check=uint_param)
     @ocs_agent.param("record_type", default=TRIGGER_RECORD, choices=list(RECORD_TYPES))
     @ocs_agent.param("file", default="", type=str)
     def complete(self, session, params):
         """complete(run_number, trigger_number, sequence_number=0,
         record_type='TriggerRecord', file='')
 
-        **Task** - Mark a record done, like ``POST /complete``. Fails (status 404) when the
-        record is unknown.
+        **Task** - Mark a record done, like ``POST /complete`` (needs credential level 2).
+        Fails (status 404) when the record is unknown.
 
         Parameters:
             run_number (int): Run number.
@@ -396,12 +512,9 @@ class FileOrchestrator:
         """
         body = {k: params[k] for k in ("run_number", "trigger_number", "sequence_number", "file")}
         body["type"] = params["record_type"]
-        try:
-            args = complete_args(body)
-        except BadRequest as e:
-            return self._answer(session, 400, {"error": str(e)}, "complete")
-        out = self._call(self.state.complete, **args)
-        return self._answer(session, out.status, out.body, "complete")
+        return self._run_task(
+            session, "complete", lambda state: state.complete(**complete_args(body))
+        )
 
     @ocs_agent.param("files", default=0, type=int, check=lambda n: 0 <= n <= 10000)
     def stats(self, session, params):
@@ -424,30 +537,33 @@ class FileOrchestrator:
                             'completed': 5, 'leases_expired': 0, 'withdrawn': 0},
                  'http': {'interface': '0.0.0.0', 'port': 6000},
                  'volumes': ['/data/daq'], 'lease_timeout': 300.0,
+                 'state': {'queued': 0, 'lock_waits': 0, 'lock_timeouts': 0,
+                           'lock_waiting_s': 0.0},
+                 'faults': {'total': 0, 'by_reason': {}, 'by_place': {}},
                  'discovery': {'watching': True, 'queued': 0, 'discovered': 3, ...},
                  'files': [{'host': 'daq01', 'file': '/data/daq/run1_0.hdf5',
                             'run_number': 1, 'record_type': 'TriggerRecord', 'open': 4,
                             'done': 1, 'removed': False, 'registered': False}]}
         """
         n = params["files"]
-
-        def collect():
-            out = self._stats_now()
-            if n:
-                out["files"] = self.state.file_table(n)
-            return out
-
-        session.data = self._call(collect)
+        out = self._stats_now()
+        if n:
+            out["files"] = self.service.run(State.file_table, n)
+        session.data = out
         return True, "stats: done"
 
     def _stats_now(self) -> dict:
+        """The ``GET /stats`` answer, from the state worker's snapshot (any thread; never
+        waits for the state)."""
         out = {
             "timestamp": time.time(),
             "host": self.host_name,
-            "counts": self.state.counts(),
+            "counts": self.service.snapshot,
             "http": dict(self.http),
             "volumes": list(self.volumes),
-            "lease_timeout": self.state.lease_timeout,
+            "lease_timeout": self.args.lease_timeout,
+            "state": self.service.figures(),
+            "faults": self.faults.as_data(),
         }
         if self.discovery is not None:
             out["discovery"] = {
@@ -474,7 +590,7 @@ class FileOrchestrator:
                 >>> response.session['data']
                 {'before': {'files': 3, 'pending': 10, ...}, 'rescan': False}
         """
-        before = self._call(self.state.reset)
+        before = self.service.run(State.reset)
         if self.discovery is not None:
             if params["rescan"]:
                 self.discovery.rescan(forget=True)
@@ -508,38 +624,42 @@ class FileOrchestrator:
                 {'timestamp': 1700000000.0, 'host': 'daq01', 'counts': {...},
                  'http': {'interface': '0.0.0.0', 'port': 6000},
                  'volumes': ['/data/daq'], 'lease_timeout': 300.0,
+                 'state': {'queued': 0, 'lock_waits': 0, 'lock_timeouts': 0,
+                           'lock_waiting_s': 0.0},
+                 'faults': {'total': 1, 'by_reason': {'not_hdf5': 1},
+                            'by_place': {'discovery': {'not_hdf5': 1}}},
                  'discovery': {'watching': True, 'queued': 0, 'discovered': 3,
-                               'retries': 1, 'removed': 0, 'scans': 1}}
+                               'retries': 1, 'removed': 0, 'scans': 1,
+                               'refused_not_hdf5': 1}}
         """
         self._watch_stop.clear()
         if not self.volumes:
-            session.data = self._call(self._stats_now)
+            session.data = self._stats_now()
             return False, "no --volume to watch"
-        discovery = self._call(self._make_discovery)
+        discovery = self._make_discovery()
         discovery.start()
         self.discovery = discovery
-        session.set_status("running")
         period = 0.2 if params["test_mode"] else 1.0
         try:
-            while True:
-                session.data = self._call(self._stats_now)
+            while not self._watch_stop.is_set():
+                session.data = self._stats_now()
                 if params["test_mode"] and discovery.counters["scans"] and not discovery.pending():
                     break
-                if self._watch_stop.wait(period):
-                    break
+                self._watch_stop.wait(period)
         finally:
             discovery.stop()
-            session.data = self._call(self._stats_now)
+            session.data = self._stats_now()
         return True, "Stopped watching."
 
-    def _stop_watch(self, session, params=None):
-        self._watch_stop.set()
+    def _stop_watch(self, session, params):
         session.set_status("stopping")
+        self._watch_stop.set()
         return True, "Stopping the watch."
 
     # ---- shutdown ------------------------------------------------------------------------
 
     def shutdown(self):
+        """Stop serving, let the state's worker finish what it was given, close."""
         if self._stopped:
             return None
         self._stopped = True
@@ -550,18 +670,18 @@ class FileOrchestrator:
         if self.discovery is not None:
             self.discovery.stop(1.0)
         d = self.http_port.stopListening() if self.http_port is not None else None
+        if d is None:
+            d = defer.succeed(None)
+        d.addBoth(lambda _: self.service.close())
 
         def close(_=None):
-            self.state.close()
+            self.checkpointer.stop(drain=False, timeout=1.0)
             if self.suprsync is not None:
-                self.suprsync.close()
-            self.log.info("stopped; state in {db}", db=self.state.db_path)
+                self.registrar.call(self.suprsync.close)
+            self.registrar.stop(drain=True, timeout=2.0)
+            self.log.info("stopped; state in {db}", db=os.path.abspath(self.args.state_db))
 
-        if d is not None:
-            d.addBoth(close)
-            return d
-        close()
-        return None
+        return d.addBoth(close)
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -570,10 +690,12 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     pgroup = parser.add_argument_group("Agent Options")
     pgroup.add_argument(
         "--volume",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="DIR",
-        help="A folder to watch (recursively) for closed HDF5 files. "
-        "Repeatable. Without one, files come only through POST /new-file.",
+        help="Folder(s) to watch (recursively) for closed HDF5 files. Repeatable, or several "
+        "after one --volume (the site-config keeps one entry per option name). Without "
+        "one, files come only through POST /new-file.",
     )
     pgroup.add_argument(
         "--pattern",
@@ -595,6 +717,32 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--http-interface", default="0.0.0.0", help="Interface address for the HTTP API."
+    )
+    pgroup.add_argument(
+        "--http-allow",
+        action="extend",
+        nargs="+",
+        metavar="CIDR",
+        help="Client network (or address) the HTTP API serves; others get 403. "
+        "Several may follow one --http-allow. Default: this host only (127.0.0.0/8 and "
+        "::1): add the DAQ "
+        "network, e.g. 10.73.0.0/16, for remote Dispatchers.",
+    )
+    pgroup.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        help="Largest request body; a larger Content-Length is answered 413 before the "
+        "body is read. Default 32 MiB (a file of 100,000 records is about 1.5 MB).",
+    )
+    pgroup.add_argument(
+        "--allowed-root",
+        action="extend",
+        nargs="+",
+        metavar="DIR",
+        help="Folder whose files of this host may be announced (POST /new-file, new_file) "
+        "and registered in SupRsync; paths are resolved with symlinks first. "
+        "Several may follow one --allowed-root. Default: the --volume folders.",
     )
     pgroup.add_argument(
         "--http-port",
@@ -631,6 +779,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         "--archive-name", default="dune", help="SupRsync archive of the registered files."
     )
     pgroup.add_argument(
+        "--register-retry-interval",
+        type=float,
+        default=30.0,
+        help="Seconds between passes that register finished files not registered yet "
+        "(a failed registration, one over the queue's bound, or one from before a "
+        "restart). A pass also runs at start.",
+    )
+    pgroup.add_argument(
         "--rescan-interval",
         type=float,
         default=60.0,
@@ -642,6 +798,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         type=float,
         default=10.0,
         help="Seconds to retry a file that cannot be opened yet (still locked by its writer).",
+    )
+    pgroup.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        help="Seconds an operation waits for the state database while another process "
+        "holds its write lock (requests wait in order meanwhile); after that it fails "
+        "with 503.",
     )
     pgroup.add_argument(
         "--feed-interval",
@@ -665,13 +829,15 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
+    runtime.start_logging()
     parser = make_parser()
     args = site_config.parse_args(agent_class="FileOrchestrator", parser=parser, args=args)
     agent, runner = ocs_agent.init_site_agent(args)
     orch = FileOrchestrator(agent, args)
-    for name in ("new_file", "remove_file", "request_record", "read_next", "complete", "stats"):
-        agent.register_task(name, getattr(orch, name))
-    agent.register_task("reset", orch.reset, min_privs=2)
+    # tasks that change the state need credential level 2; reading stays level 1
+    for name in ("new_file", "remove_file", "request_record", "read_next", "complete", "reset"):
+        agent.register_task(name, getattr(orch, name), min_privs=2)
+    agent.register_task("stats", orch.stats)
     agent.register_process(
         "watch", orch.watch, orch._stop_watch, startup=bool(orch.volumes) and not args.test_mode
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .state import MAX_ID
+
 DEBUG_ENV = "ORCHESTRATOR_FLASK_DEBUG"
 
 
@@ -23,3 +25,9 @@ def remote_path_for(path: str, volumes: list[str]) -> str:
         if path.startswith(volume.rstrip("/") + "/"):
             return os.path.relpath(path, volume)
     return os.path.basename(path)
+
+
+def uint_param(value) -> bool:
+    """``check=`` of integer task parameters: 0 to 2**63 - 1 (what SQLite holds), so a huge
+    number is a clear parameter error, never an ``OverflowError`` deep in the state."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
