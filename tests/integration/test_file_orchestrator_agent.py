@@ -1,6 +1,8 @@
 """FileOrchestrator as a real process on a real hub, driven over HTTP as the DAQ does and
 over OCS; files written by the DUNE simulator into a watched volume."""
 
+import html.parser
+import http.client
 import json
 import os
 import signal
@@ -863,3 +865,63 @@ def test_a_file_whose_registration_failed_is_registered_at_the_next_start(site, 
         assert rows[path]["remote_path"] == "late/" + os.path.basename(path)
     finally:
         orch.stop(signal.SIGKILL)
+
+
+class _Cells(html.parser.HTMLParser):
+    """Text of every table row of a page, as lists of cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.title = ""
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th", "title"):
+            self._in = tag
+            if tag != "title":
+                self.rows[-1].append("")
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "title":
+            self.title += data
+        elif self._in in ("td", "th"):
+            self.rows[-1][-1] += data
+
+
+def test_status_page_for_a_browser_json_for_clients(orch):
+    """GET / with a browser's Accept header is the HTML status page (records, credits,
+    refusals with the newest listed); without it, the JSON index the clients read."""
+    w = orch.writer("tr")
+    w.write_file(records=3)
+    wait_counts(orch, files=1, pending_tr=3)
+    client = orch.http()
+    client.request_tr()
+    status, _ = client.call("POST", "/new-file", raw=b"{not json")  # one refusal
+    assert status == 400
+    client.close()
+    conn = http.client.HTTPConnection("127.0.0.1", orch.port, timeout=10)
+    conn.request("GET", "/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("content-type").startswith("text/html")
+    page = _Cells()
+    page.feed(resp.read().decode())
+    cells = {row[0]: row[1] for row in page.rows if len(row) == 2}
+    assert page.title == f"FileOrchestrator on {HOST}"
+    assert cells["pending (trigger records)"] == "3"
+    assert cells["files"] == "1"
+    assert cells["trigger-record credits"] == "1"
+    assert int(cells["bad_request"]) >= 1
+    newest = [row for row in page.rows if len(row) == 4 and row[2] == "bad_request"]
+    assert newest and newest[0][1] == "/new-file"
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    assert resp.getheader("content-type") == "application/json"
+    assert json.loads(resp.read())["service"] == "FileOrchestrator"
+    conn.close()

@@ -1,6 +1,7 @@
 """GWDataBuffer as a real process on a real hub, driven over HTTP as the Airflow DAG, the
 shell scripts and the streaming client do, and over OCS."""
 
+import html.parser
 import json
 import os
 import signal
@@ -24,6 +25,33 @@ pytestmark = pytest.mark.integration
 
 PW2, PW3 = "gw-level-2", "gw-level-3"
 POLICY = ["--access-policy", f"override:{PW2},{PW3}"]
+
+
+class PageText(html.parser.HTMLParser):
+    """The visible text and the title of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        self._skip = tag in ("style", "script")
+        self._in_title = tag == "title"
+
+    def handle_endtag(self, tag):
+        self._skip = self._in_title = False
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        elif not self._skip:
+            self.parts.append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.parts).split())
 
 
 class Buffer:
@@ -109,6 +137,13 @@ def test_fill_freeze_clean_as_the_clients_do(buffer):
     sent = bodies(3)
     for b in sent:
         assert c.streamdata(b)[1]["resp"] == "CREATED"
+    # the page a person opens shows the state and what is stored
+    page = PageText()
+    page.feed(c.request("GET", "/dspage")[1])
+    assert page.title == "GW data buffer"
+    assert "state: OPERATIONAL" in page.text
+    assert f"{len(buffer.files())} files, " in page.text
+    assert all(name in page.text for name in buffer.files())
     # files hold exactly the floats sent, in the reference's layout
     names = buffer.files()
     assert len(names) == 4 and all(n.startswith("gwb") and n.endswith(".json") for n in names)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
+import time
 from collections import Counter
 
 from ...runtime import RateLimit, Report, no_report
@@ -48,6 +50,10 @@ REASONS = (
 )
 
 
+#: refusals the status page lists
+RECENT = 20
+
+
 class Faults:
     """Counts ``reason`` at ``where`` (an endpoint, ``discovery``, ``suprsync``); logs one
     line per (where, reason) every ``log_interval`` seconds at most, saying how many were
@@ -64,6 +70,8 @@ class Faults:
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
         self._log = RateLimit(report, log_interval)
+        #: the newest refusals, for the status page: (unix time, where, reason, detail)
+        self.recent: collections.deque = collections.deque(maxlen=RECENT)
 
     def hit(self, where: str, reason: str, detail: str = "", level: str = "warn") -> None:
         if where not in self.places:
@@ -72,6 +80,7 @@ class Faults:
             reason = "other"
         with self._lock:
             self._counts[(where, reason)] += 1
+            self.recent.append((time.time(), where, reason, detail[:200]))
         text = f"{where}: {reason}" + (f": {detail}" if detail else "")
         self._log(f"{where}:{reason}", level, text)
 
@@ -83,7 +92,8 @@ class Faults:
 
     def as_data(self) -> dict:
         """For ``session.data`` and ``GET /stats``: ``{'total': 3, 'by_reason': {reason: n},
-        'by_place': {where: {reason: n}}}`` (what happened only)."""
+        'by_place': {where: {reason: n}}, 'recent': [[unix time, where, reason, detail],
+        ...]}`` (what happened only; ``recent`` holds the newest 20)."""
         with self._lock:
             items = sorted(self._counts.items())
         by_reason: Counter = Counter()
@@ -95,6 +105,7 @@ class Faults:
             "total": sum(by_reason.values()),
             "by_reason": dict(by_reason),
             "by_place": by_place,
+            "recent": [list(r) for r in self.recent],
         }
 
     def feed_fields(self) -> dict[str, int]:

@@ -26,6 +26,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from .page import status_page
 from .state import (
     MAX_ID,
     RECORD_TYPES,
@@ -436,6 +437,8 @@ class OrchestratorResource(Resource):
         try:
             path, handler, snapshot = self.api.route(method, path)
             if handler is None:
+                if path == "/" and wants_html(request):
+                    return self._page(request, method, path, t0)
                 return self._body(request, method, path, 200, snapshot(), t0)
             raw = request.content.read() if request.content is not None else b""
         except DomainError as e:
@@ -455,6 +458,16 @@ class OrchestratorResource(Resource):
 
         self.submit(handler, raw).addBoth(answer)
         return NOT_DONE_YET
+
+    def _page(self, request, method: str, path: str, t0: float) -> bytes:
+        """The status page for a browser (the same figures as ``/stats``)."""
+        body = status_page(self.api.stats()).encode()
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if self.log_request is not None:
+            self.log_request(method, path, 200, time.perf_counter() - t0)
+        return body
 
     def _refused(self, path: str, exc: DomainError) -> tuple[int, dict]:
         status, reason = error_status(exc)
@@ -481,6 +494,13 @@ class OrchestratorResource(Resource):
         if self.log_request is not None:
             self.log_request(method, path, status, time.perf_counter() - t0)
         return body
+
+
+def wants_html(request) -> bool:
+    """A browser asks for ``text/html`` first; the DUNE clients and scripts that read
+    ``GET /`` ask for nothing in particular and keep getting JSON."""
+    accept = request.getHeader(b"accept") or b""
+    return b"text/html" in accept.split(b",", 1)[0]
 
 
 def early_answer(exc: DomainError) -> bytes:
