@@ -16,6 +16,7 @@ from typing import NamedTuple
 from sqlalchemy import Engine, create_engine, event, exc, func, inspect, select
 from sqlalchemy.orm import sessionmaker
 
+from ..runtime.store import Durability, apply_pragmas, begin_statement, transaction
 from .entries import FileEntry, timecode_of
 from .models import FILES_TABLE, TIMECODE_TABLE, Base, SupRsyncFile, TimecodeDir
 
@@ -66,18 +67,16 @@ def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_connect(dbapi_conn, _record):
         # Let SQLAlchemy's "begin" event issue BEGIN itself, so writes can be IMMEDIATE.
         dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
+        # A row means "SupRsync may copy this file off and delete it": power-safe commits.
+        apply_pragmas(dbapi_conn, Durability.POWER_SAFE, busy_timeout_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        # Writers take the write lock up front: the duplicate check and the insert then see
-        # the same snapshot, and a busy database fails at BEGIN, before any work.
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # The SQLAlchemy way to make a transaction IMMEDIATE (pysqlite leaves BEGIN to
+        # us): writers take the write lock up front, so the duplicate check and the insert
+        # see the same snapshot, and a busy database fails at BEGIN, before any work.
+        immediate = conn.get_execution_options().get("sqlite_begin") == "IMMEDIATE"
+        conn.exec_driver_sql(begin_statement(immediate))
 
 
 class SupRsyncDB:
@@ -185,22 +184,13 @@ class SupRsyncDB:
             # than the SQLite work.
             with self._writer_lock:
                 con = self._writer()
-                statement = "BEGIN IMMEDIATE"
                 try:
-                    con.execute(statement)
-                    statement = "INSERT"
-                    inserted, new_timecodes, wanted = self._insert_in_transaction(
-                        rows, con.execute, con.executemany
-                    )
-                    statement = "COMMIT"
-                    con.execute(statement)
+                    with transaction(con):
+                        inserted, new_timecodes, wanted = self._insert_in_transaction(
+                            rows, con.execute, con.executemany
+                        )
                 except sqlite3.Error as e:
-                    if con.in_transaction:
-                        try:
-                            con.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            pass  # the first error is the one to report
-                    raise exc.DBAPIError.instance(statement, None, e, sqlite3.Error) from e
+                    raise exc.DBAPIError.instance("INSERT", None, e, sqlite3.Error) from e
         # Only after the commit: SupRsync never deletes timecode rows, so a pair seen once
         # needs no lookup again.
         self._known_timecodes.update(wanted)

@@ -58,6 +58,33 @@ def start_thread(
     return thread
 
 
+def run_blocking(
+    fn: Callable[..., Any], *args: Any, name: str = "run-blocking", reactor=None
+) -> defer.Deferred:
+    """Run one blocking call ``fn(*args)`` off the reactor, in a named thread of its own;
+    the Deferred fires on the reactor with its result or its exception. Call from the
+    reactor thread.
+
+    For a call made once (a stop that drains and joins threads): unlike ``deferToThread`` it
+    never waits for, or takes, a slot of the reactor's thread pool, which ocs fills with the
+    agent's running operations.
+    """
+    d: defer.Deferred = defer.Deferred()
+    if reactor is None:
+        from twisted.internet import reactor
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # delivered to the Deferred, never lost
+            reactor.callFromThread(d.errback, exc)
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    start_thread(name, run)
+    return d
+
+
 _STOP = object()
 
 

@@ -14,11 +14,12 @@ import time
 from collections import Counter
 
 from ocs import ocs_agent, ocs_feed, site_config
-from twisted.internet import reactor, threads, udp
+from twisted.internet import reactor, udp
 from twisted.internet.protocol import DatagramProtocol
 
 from ...argtypes import str2bool
 from ...db.suprsync import SupRsyncDB
+from ...runtime import RateLimit, reporter, run_blocking, start_logging
 from .journal import Journal, default_journal_dir
 from .messages import (
     REJECT_REASONS,
@@ -112,9 +113,8 @@ class PysmurfMonitor(DatagramProtocol):
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
         self.agent = agent
         self.log = agent.log
+        self.report = reporter(agent.log)
         self.args = args
-        self.db_path = args.db_path
-        self.echo_sql = args.echo_sql
         self.db = SupRsyncDB(args.db_path, create_all=args.create_table, echo=args.echo_sql)
         rules = dict(DEFAULT_RULES)
         rules.update(parse_archive_rule(spec) for spec in args.archive or [])
@@ -127,18 +127,18 @@ class PysmurfMonitor(DatagramProtocol):
         config = RegistrarConfig(
             big_workers=args.big_file_threads, missing_file_timeout=args.missing_file_timeout
         )
-        self.registrar = Registrar(self.db, journal, rules, config, report=self._report)
+        self.registrar = Registrar(self.db, journal, rules, config, report=self.report)
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
-        self._last_reject_log: dict[str, float] = {}
-        self._suppressed: Counter = Counter()
+        # One line per reason per second at most: a flood must not flood the log too.
+        self._log_limited = RateLimit(self.report, interval=1.0)
         self.udp: dict = {}
         # File announcements of one read of the socket: journaled and queued together.
         self._announced: list[FileAnnouncement] = []
         self._datagrams_in_read = 0
         self.port = None
         self._run_stop = threading.Event()
-        self._stopped = False
+        self._shut_down = False
 
         self.agent.register_feed("pysmurf_session_data")
         self.agent.register_feed(
@@ -248,23 +248,11 @@ class PysmurfMonitor(DatagramProtocol):
     def _reject(self, rejected: Rejected, addr: tuple) -> None:
         reason = rejected.reason
         self.rejected[reason] += 1
-        # One line per reason per second at most: a flood must not flood the log too.
-        now = time.monotonic()
-        if now - self._last_reject_log.get(reason, -1e9) >= 1.0:
-            more = self._suppressed.pop(reason, 0)
-            self._last_reject_log[reason] = now
-            self.log.warn(
-                "datagram from {addr} rejected ({reason}): {detail}{more}",
-                addr=f"{addr[0]}:{addr[1]}",
-                reason=reason,
-                detail=rejected.detail,
-                more=f" (+{more} more since last line)" if more else "",
-            )
-        else:
-            self._suppressed[reason] += 1
-
-    def _report(self, level: str, text: str) -> None:
-        getattr(self.log, level)("{text}", text=text)
+        self._log_limited(
+            reason,
+            "warn",
+            f"datagram from {addr[0]}:{addr[1]} rejected ({reason}): {rejected.detail}",
+        )
 
     # ---- figures -------------------------------------------------------------------------
 
@@ -339,7 +327,6 @@ class PysmurfMonitor(DatagramProtocol):
         """
         test_mode = params["test_mode"]
         self._run_stop.clear()
-        session.set_status("running")
         period = 0.05 if test_mode else 1.0
         last_feed = 0.0
         while not self._run_stop.wait(period):
@@ -353,6 +340,7 @@ class PysmurfMonitor(DatagramProtocol):
                 break
         # What was sent before the stop but still waits in the socket (the port may be
         # resting) counts as received: read it now, then drain.
+        # (not blockingCallFromThread: at shutdown the reactor may never run it)
         read = threading.Event()
         reactor.callFromThread(lambda: (self.read_pending(), read.set()))
         read.wait(5.0)
@@ -366,7 +354,7 @@ class PysmurfMonitor(DatagramProtocol):
             )
         return True, "Monitor exited cleanly."
 
-    def _stop(self, session: ocs_agent.OpSession, params: dict | None = None):
+    def _stop_run(self, session: ocs_agent.OpSession, params: dict | None = None):
         self._run_stop.set()
         session.set_status("stopping")
         return True, "Stopping; files received so far are being written."
@@ -375,14 +363,14 @@ class PysmurfMonitor(DatagramProtocol):
 
     def shutdown(self):
         """Stop listening, read what the kernel still holds, write everything, stop."""
-        if self._stopped:
+        if self._shut_down:
             return None
-        self._stopped = True
+        self._shut_down = True
         if self.port is not None:
             self.read_pending()
             self.port.stopListening()
         self.datagramsRead()
-        d = threads.deferToThread(self.registrar.stop, self.args.drain_timeout)
+        d = run_blocking(self.registrar.stop, self.args.drain_timeout, name="pysmurf-stop")
 
         def done(drained):
             snap = self.snapshot()
@@ -474,13 +462,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
+    start_logging()
     parser = make_parser()
     args = site_config.parse_args(agent_class="PysmurfMonitor", parser=parser, args=args)
     for spec in args.archive or []:
         parse_archive_rule(spec)  # fail before connecting, naming the bad argument
     agent, runner = ocs_agent.init_site_agent(args)
     monitor = PysmurfMonitor(agent, args)
-    agent.register_process("run", monitor.run, monitor._stop, startup=not args.test_mode)
+    agent.register_process("run", monitor.run, monitor._stop_run, startup=not args.test_mode)
     monitor.listen(args.udp_port, args.udp_host, args.udp_rcvbuf)
     reactor.addSystemEventTrigger("before", "shutdown", monitor.shutdown)
     runner.run(agent, auto_reconnect=True)

@@ -24,26 +24,20 @@ CPU per file is a third of what four threads handing work to each other cost.
 from __future__ import annotations
 
 import heapq
-import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
 
 from ...db.entries import BadFileEntry, md5_file, md5_small_file
 from ...db.suprsync import SupRsyncDB
+from ...runtime import Inbox, Report, WorkerPool, WorkerStopped, no_report, start_thread
 from .journal import Journal
 from .messages import FileAnnouncement, parse_datagram
 from .rules import RemoteRule, plan_file
-
-Report = Callable[[str, str], None]
-
-
-def _no_report(level: str, text: str) -> None:
-    pass
 
 
 class _Arrival(NamedTuple):
@@ -74,6 +68,11 @@ ReadyFile = tuple
 _ARRIVAL_OF = itemgetter(1)
 
 
+#: Most messages waiting for the registration thread: one per hand-over (one per reactor read)
+#: plus one per checksummed big file.
+INBOX_MESSAGES = 100_000
+
+
 @dataclass
 class RegistrarConfig:
     #: threads for files above ``big_file_bytes``
@@ -98,7 +97,7 @@ class Registrar:
         journal: Journal | None = None,
         rules: dict[str, RemoteRule] | None = None,
         config: RegistrarConfig | None = None,
-        report: Report = _no_report,
+        report: Report = no_report,
     ) -> None:
         self.db = db
         self.journal = journal
@@ -107,15 +106,16 @@ class Registrar:
         self.report = report
         self._submit_lock = threading.Lock()
         self._next_seq = 0
-        # _Arrival's; checksummed big files (ReadyFile tuples); None stops.
-        self._intake: queue.SimpleQueue = queue.SimpleQueue()
-        # (seq, arrival, PlannedFile) of files over big_file_bytes; None stops a worker.
-        self._big: queue.SimpleQueue = queue.SimpleQueue()
+        # What the registration thread waits for: _Arrival's and checksummed big files
+        # (ReadyFile tuples). Closing it stops the thread once what it holds is written.
+        self._inbox = Inbox(maxsize=INBOX_MESSAGES)
+        # md5 of files over big_file_bytes; each job puts its ReadyFile into the inbox.
+        self._big: WorkerPool | None = None
         self._settled = threading.Condition()
         # Arrivals with files not yet settled: first_seq -> [received_at, files left,
         # journal segment]. Kept per arrival, not per file: one entry per reactor iteration.
         self._arrivals: dict[int, list] = {}
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         # Each key of these counters is written by one thread only.
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -126,28 +126,41 @@ class Registrar:
     # ---- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._spawn("register", self._register_loop)
-        for i in range(self.config.big_workers):
-            self._spawn(f"md5-big-{i}", self._big_loop)
+        self._big = WorkerPool(
+            "pysmurf-md5-big", size=self.config.big_workers, max_queue=INBOX_MESSAGES
+        )
+        self._thread = start_thread("pysmurf-register", self._register_loop, on_error=self._died)
         if self.journal is not None:
-            replay = [
-                p
-                for p in map(parse_datagram, self.journal.leftover())
-                if isinstance(p, FileAnnouncement)
-            ]
-            if replay:
-                self.submit_many(replay)
-                self.counters["replayed"] += len(replay)
-                self.report(
-                    "info",
-                    f"replaying {len(replay)} file announcement(s) left in "
-                    "the journal by the previous run",
-                )
+            self._replay(self.journal)
 
-    def _spawn(self, name: str, target) -> None:
-        t = threading.Thread(target=target, name=f"pysmurf-{name}", daemon=True)
-        t.start()
-        self._threads.append(t)
+    def _replay(self, journal: Journal) -> None:
+        """Announce again the files a previous run left in the journal. Each segment stays
+        until its files are settled, so a replay interrupted at any point loses nothing."""
+        replayed = 0
+        for seg, lines in journal.leftover():
+            files = []
+            for line in lines:
+                parsed = parse_datagram(line)
+                if isinstance(parsed, FileAnnouncement):
+                    files.append(parsed)
+            if len(files) < len(lines):  # lines that are no file (cut by a crash)
+                journal.done_counts({seg: len(lines) - len(files)})
+            if files:
+                self._hand_over(files, seg)
+                replayed += len(files)
+        if replayed:
+            self.counters["replayed"] += replayed
+            self.report(
+                "info",
+                f"replaying {replayed} file announcement(s) left in the journal by the "
+                "previous run",
+            )
+
+    def _died(self, exc: BaseException, tb: str) -> None:
+        # A bug: say so loudly; the journal keeps every file not yet written.
+        self.degraded = True
+        self.last_error = f"registration thread died: {type(exc).__name__}: {exc}"[:300]
+        self.report("error", f"{self.last_error}\n{tb}")
 
     def drain(self, timeout: float) -> bool:
         """Wait until every submitted file is settled; True if it happened in time."""
@@ -163,11 +176,11 @@ class Registrar:
     def stop(self, drain_timeout: float = 30.0) -> bool:
         """Drain, then stop the threads. Anything not written stays in the journal."""
         drained = self.drain(drain_timeout)
-        self._intake.put(None)
-        for _ in range(self.config.big_workers):
-            self._big.put(None)
-        for t in self._threads:
-            t.join(timeout=5.0)
+        self._inbox.close()
+        if self._big is not None:
+            self._big.stop(drain=False, timeout=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
         if self.journal is not None:
             self.journal.close()
         return drained
@@ -187,6 +200,9 @@ class Registrar:
             if self.journal is not None
             else None
         )
+        self._hand_over(announcements, segment)
+
+    def _hand_over(self, announcements: list[FileAnnouncement], segment: int | None) -> None:
         n = len(announcements)
         now = time.monotonic()
         with self._submit_lock:  # numbers files in the order they were journaled
@@ -194,7 +210,7 @@ class Registrar:
             self._next_seq += n
             self._arrivals[first] = [now, n, segment]
         self.counters["announced"] += n
-        self._intake.put(_Arrival(first, now, announcements))
+        self._inbox.put(_Arrival(first, now, announcements))
 
     # ---- registration thread -------------------------------------------------------------
 
@@ -204,31 +220,22 @@ class Registrar:
         retries: list[tuple[float, int, _Waiting]] = []
         write_after = 0.0  # monotonic time before which no write is tried (backoff)
         backoff = cfg.backoff_initial
-        stopping = False
         while True:
             now = time.monotonic()
             wake = min(
                 write_after if ready else float("inf"), retries[0][0] if retries else float("inf")
             )
-            got = []
+            # Read before taking the batch: once closed, nothing more can arrive, so this
+            # batch is the last one.
+            stopping = self._inbox.closed
             # Woken by each hand-over: the files are checksummed while the reactor rests
             # (two threads busy at once would pass the GIL back and forth at every syscall).
-            if wake > now:
-                try:
-                    got.append(
-                        self._intake.get(timeout=None if wake == float("inf") else wake - now)
-                    )
-                except queue.Empty:
-                    pass
-            try:
-                while True:
-                    got.append(self._intake.get_nowait())
-            except queue.Empty:
-                pass
+            if stopping or wake <= now:
+                got = self._inbox.get_batch(0)
+            else:
+                got = self._inbox.get_batch(None if wake == float("inf") else wake - now)
             for msg in got:
-                if msg is None:
-                    stopping = True
-                elif isinstance(msg, _Arrival):
+                if type(msg) is _Arrival:
                     for seq, ann in enumerate(msg.announcements, msg.first_seq):
                         self._prepare(
                             _Waiting(seq, msg.first_seq, ann, msg.received_at, 0), ready, retries
@@ -249,6 +256,12 @@ class Registrar:
                     backoff = min(backoff * 2, cfg.backoff_max)
             if stopping and not ready:
                 return
+            if self.journal is not None and (
+                (ready and self.degraded) or retries or (self._big and self._big.pending)
+            ):
+                # Files will wait longer than a commit interval: make their journal lines
+                # durable before waiting (see journal.py).
+                self._sync_journal()
 
     def _prepare(self, file: _Waiting, ready: list, retries: list) -> None:
         """Plan the row and checksum a small file; route the file on."""
@@ -259,7 +272,11 @@ class Registrar:
             md5 = md5_small_file(planned.local_path, self.config.big_file_bytes)
             if md5 is None:
                 self.counters["big_files"] += 1
-                self._big.put((file.seq, file.arrival, planned))
+                future = self._big.call(self._checksum_big, file.seq, file.arrival, planned)
+                if future.done() and future.exception() is not None:
+                    # the workers' queue is full (or stopping): try again shortly
+                    due = time.monotonic() + 0.1
+                    heapq.heappush(retries, (due, file.seq, file))
             else:
                 ready.append(
                     (
@@ -323,23 +340,29 @@ class Registrar:
         self._settle(Counter(map(_ARRIVAL_OF, batch)))
         return True
 
+    def _sync_journal(self) -> None:
+        try:
+            if self.journal.sync():
+                self.counters["journal_syncs"] += 1
+        except OSError as e:
+            self.counters["journal_errors"] += 1
+            self.last_error = f"journal sync: {e}"[:300]
+
     # ---- big-file workers ----------------------------------------------------------------
 
-    def _big_loop(self) -> None:
-        while True:
-            job = self._big.get()
-            if job is None:
-                return
-            seq, arrival, planned = job
-            try:
-                md5 = md5_file(planned.local_path)
-            except OSError as e:
-                code = "missing_file" if isinstance(e, FileNotFoundError) else "unreadable_file"
-                self._settle(
-                    {arrival: 1}, rejected=code, detail=f"{planned.local_path!r}: {e.strerror or e}"
-                )
-                continue
-            self._intake.put(
+    def _checksum_big(self, seq: int, arrival: int, planned) -> None:
+        """A big-file worker's job: the md5, then the file goes back to the registration
+        thread through its inbox."""
+        try:
+            md5 = md5_file(planned.local_path)
+        except OSError as e:
+            code = "missing_file" if isinstance(e, FileNotFoundError) else "unreadable_file"
+            self._settle(
+                {arrival: 1}, rejected=code, detail=f"{planned.local_path!r}: {e.strerror or e}"
+            )
+            return
+        try:
+            self._inbox.put(
                 (
                     seq,
                     arrival,
@@ -350,6 +373,8 @@ class Registrar:
                     planned.deletable,
                 )
             )
+        except WorkerStopped:
+            pass  # stopped after a drain that timed out: the journal keeps the file
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
