@@ -9,6 +9,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -85,6 +86,50 @@ def md5_small_file(path: str, limit: int) -> str | None:
             path, "file is not readable (permission denied)", "unreadable_file"
         ) from None
     try:
+        return _md5_of_open_file(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
+def md5_small_file_under(path: str, limit: int, roots: AllowedRoots) -> tuple[str | None, str]:
+    """:func:`md5_small_file` of a file that must lie under ``roots``: ``(md5 or None when
+    bigger than limit, real path)``. Blocking.
+
+    The real path is read from the opened file (``/proc/self/fd``, one syscall, where
+    ``os.path.realpath`` costs a syscall per path component), so the file checked is the
+    file read, and nothing outside the roots is ever read. Opened non-blocking, and only a
+    regular file is read: a FIFO or device inside a root cannot stall the caller.
+
+    Raises:
+        BadFileEntry: as :func:`md5_small_file`; ``outside_allowed_root``; ``bad_path``
+            for what is not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise BadFileEntry(path, "file does not exist", "missing_file") from None
+    except NotADirectoryError:
+        raise BadFileEntry(path, "a component of the path is not a directory", "bad_path") from None
+    except PermissionError:
+        raise BadFileEntry(
+            path, "file is not readable (permission denied)", "unreadable_file"
+        ) from None
+    try:
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: resolve by name
+            real = os.path.realpath(path)
+        if not roots.contains(real):
+            roots.check(real)  # refreshes the roots once; raises outside_allowed_root
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadFileEntry(path, "is not a regular file", "bad_path")
+        return _md5_of_open_file(fd, path, limit), real
+    finally:
+        os.close(fd)
+
+
+def _md5_of_open_file(fd: int, path: str, limit: int) -> str | None:
+    try:
         want = min(limit + 1, FIRST_READ_BYTES)
         chunk = os.read(fd, want)
         # A short read of a regular file means its end: the whole file is in hand.
@@ -102,8 +147,6 @@ def md5_small_file(path: str, limit: int) -> str | None:
         raise BadFileEntry(path, "is a directory, not a file", "bad_path") from None
     except OSError as e:
         raise BadFileEntry(path, f"cannot be read: {e.strerror or e}", "unreadable_file") from None
-    finally:
-        os.close(fd)
 
 
 def timecode_of(remote_path: str) -> int | None:

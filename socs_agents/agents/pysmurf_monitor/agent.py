@@ -14,10 +14,11 @@ import time
 from collections import Counter
 
 from ocs import ocs_agent, ocs_feed, site_config
-from twisted.internet import reactor, udp
+from twisted.internet import reactor, task, udp
 from twisted.internet.protocol import DatagramProtocol
 
 from ...argtypes import str2bool
+from ...db.entries import AllowedRoots
 from ...db.suprsync import SupRsyncDB
 from ...runtime import RateLimit, reporter, run_blocking, start_logging
 from .journal import Journal, default_journal_dir
@@ -41,6 +42,12 @@ STATS_FEED = "monitor_stats"
 REST_SECONDS = 0.001
 BUSY_REST_SECONDS = 0.004
 BUSY_DATAGRAMS = 8
+#: Where the pysmurf publisher and the smurf-streamer write (socs's convention); nothing
+#: else of the host may become a SupRsync row.
+DEFAULT_ALLOWED_ROOTS = ("/data/smurf_data", "/data/so/timestreams")
+#: Bounds of what a metadata datagram can make the agent keep.
+MAX_METADATA_PATH = 255
+MAX_FIELDS_PER_STREAM = 1000
 
 
 def kernel_udp_rcvbuf_errors() -> int | None:
@@ -115,7 +122,10 @@ class PysmurfMonitor(DatagramProtocol):
         self.log = agent.log
         self.report = reporter(agent.log)
         self.args = args
-        self.db = SupRsyncDB(args.db_path, create_all=args.create_table, echo=args.echo_sql)
+        roots = AllowedRoots(args.allowed_root or DEFAULT_ALLOWED_ROOTS)
+        self.db = SupRsyncDB(
+            args.db_path, create_all=args.create_table, echo=args.echo_sql, allowed_roots=roots
+        )
         rules = dict(DEFAULT_RULES)
         rules.update(parse_archive_rule(spec) for spec in args.archive or [])
         journal = None
@@ -125,9 +135,17 @@ class PysmurfMonitor(DatagramProtocol):
                 or default_journal_dir(args.db_path, getattr(args, "instance_id", None))
             )
         config = RegistrarConfig(
-            big_workers=args.big_file_threads, missing_file_timeout=args.missing_file_timeout
+            big_workers=args.big_file_threads,
+            missing_file_timeout=args.missing_file_timeout,
+            max_pending=args.max_pending,
         )
-        self.registrar = Registrar(self.db, journal, rules, config, report=self.report)
+        self.registrar = Registrar(
+            self.db, journal, rules, config, report=self.report, allowed_roots=roots
+        )
+        self.log.info("files are registered only under {roots}", roots=", ".join(roots.configured))
+        # <stream_id>_meta feed name -> the fields published on it (bounded: --max-streams)
+        self._stream_feeds: dict[str, set[str]] = {}
+        self._journal_retry = task.LoopingCall(self.registrar.retry_journal)
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
         # One line per reason per second at most: a flood must not flood the log too.
@@ -186,22 +204,31 @@ class PysmurfMonitor(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.registrar.start()
+        # Journals what a failed journal write left in memory, once the disk allows it.
+        self._journal_retry.start(1.0, now=False).addErrback(
+            lambda f: self.log.error("journal retry stopped: {f}", f=f)
+        )
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
-        """Called by the reactor for every datagram: classify, then hand on (never blocks)."""
+        """Called by the reactor for every datagram: classify, then hand on (never blocks,
+        never raises)."""
         self._datagrams_in_read += 1
         parsed = parse_datagram(data)
-        if isinstance(parsed, FileAnnouncement):
+        if type(parsed) is FileAnnouncement:
             self._announced.append(parsed)
-        elif isinstance(parsed, SessionMessage):
-            self.counters["session_messages"] += 1
-            self.agent.publish_to_feed("pysmurf_session_data", parsed.data, from_reactor=True)
-        elif isinstance(parsed, MetadataMessage):
-            self._publish_metadata(parsed, addr)
-        elif isinstance(parsed, Ignored):
-            self.counters["ignored"] += 1
-        else:
-            self._reject(parsed, addr)
+            return
+        try:
+            if isinstance(parsed, SessionMessage):
+                self.agent.publish_to_feed("pysmurf_session_data", parsed.data, from_reactor=True)
+                self.counters["session_messages"] += 1
+            elif isinstance(parsed, MetadataMessage):
+                self._publish_metadata(parsed, addr)
+            elif isinstance(parsed, Ignored):
+                self.counters["ignored"] += 1
+            else:
+                self._reject(parsed, addr)
+        except Exception as e:  # e.g. a session message the feed cannot carry
+            self._reject(Rejected("internal_error", f"{type(e).__name__}: {e}"[:200]), addr)
 
     def datagramsRead(self) -> int:
         """Called by the port once it has read what the socket held: journal and queue the
@@ -211,7 +238,11 @@ class PysmurfMonitor(DatagramProtocol):
         self.counters["received"] += count
         if self._announced:
             announced, self._announced = self._announced, []
-            self.registrar.submit_many(announced)
+            try:
+                self.registrar.submit_many(announced)
+            except Exception as e:  # never out of here: the port would close for good
+                self.rejected["internal_error"] += len(announced)
+                self._log_limited("submit", "error", f"hand-over failed: {e!r}")
         return count
 
     def read_pending(self, limit: int = 1_000_000) -> int:
@@ -231,11 +262,37 @@ class PysmurfMonitor(DatagramProtocol):
         return read
 
     def _publish_metadata(self, msg: MetadataMessage, addr: tuple) -> None:
+        if len(msg.path) > MAX_METADATA_PATH or len(msg.stream_id) > MAX_METADATA_PATH:
+            self._reject(Rejected("wrong_type", "metadata path or stream id too long"), addr)
+            return
         field = ocs_feed.Feed.enforce_field_name_rules(msg.path)
         feed_name = ocs_feed.Feed.enforce_field_name_rules(f"{msg.stream_id}_meta")
+        fields = self._stream_feeds.get(feed_name)
+        if fields is None:
+            if len(self._stream_feeds) >= self.args.max_streams:
+                self._reject(
+                    Rejected(
+                        "over_max_streams",
+                        f"stream {msg.stream_id[:80]!r}: already {len(self._stream_feeds)} "
+                        f"streams (--max-streams)",
+                    ),
+                    addr,
+                )
+                return
+            fields = self._stream_feeds[feed_name] = set()
+        if field not in fields and len(fields) >= MAX_FIELDS_PER_STREAM:
+            self._reject(
+                Rejected(
+                    "over_max_streams",
+                    f"stream {msg.stream_id[:80]!r}: already {len(fields)} metadata fields",
+                ),
+                addr,
+            )
+            return
         try:
             if feed_name not in self.agent.feeds:
                 self.agent.register_feed(feed_name, record=True, buffer_time=1)
+            fields.add(field)
             self.agent.publish_to_feed(
                 feed_name,
                 {"block_name": field, "timestamp": msg.timestamp, "data": {field: msg.value}},
@@ -273,7 +330,16 @@ class PysmurfMonitor(DatagramProtocol):
             "metadata": self.counters["metadata"],
             "ignored": self.counters["ignored"],
             "db_errors": reg.counters["db_errors"],
+            "journal_errors": reg.counters["journal_errors"],
+            "journal_syncs": reg.counters["journal_syncs"],
+            "journal_backlog": len(reg._unjournaled),
+            "streams": len(self._stream_feeds),
         }
+        reasons = []
+        if reg.degraded:
+            reasons.append(reg.last_error or "database writes failing")
+        if reg.journal_error:
+            reasons.append(reg.journal_error)
         return {
             "timestamp": time.time(),
             "udp": dict(self.udp),
@@ -281,7 +347,8 @@ class PysmurfMonitor(DatagramProtocol):
             "rejected": rejected,
             "pending": reg.pending(),
             "lag_s": round(reg.lag(), 4),
-            "degraded": reg.degraded,
+            "degraded": bool(reasons),
+            "degraded_reasons": reasons,
             "last_error": reg.last_error,
             "last_commit_ms": round(reg.last_commit_ms, 3),
             "kernel_udp_rcvbuf_errors": kernel_udp_rcvbuf_errors(),
@@ -370,6 +437,9 @@ class PysmurfMonitor(DatagramProtocol):
             self.read_pending()
             self.port.stopListening()
         self.datagramsRead()
+        if self._journal_retry.running:
+            self._journal_retry.stop()
+        self.registrar.retry_journal()
         d = run_blocking(self.registrar.stop, self.args.drain_timeout, name="pysmurf-stop")
 
         def done(drained):
@@ -451,6 +521,29 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         type=int,
         default=2,
         help="Threads computing md5 sums of files over 16 MiB.",
+    )
+    pgroup.add_argument(
+        "--allowed-root",
+        action="append",
+        metavar="DIR",
+        help="Only files under this folder (links resolved) are registered; others are "
+        "refused and counted as outside_allowed_root. Repeatable. Default: "
+        + " and ".join(DEFAULT_ALLOWED_ROOTS)
+        + ".",
+    )
+    pgroup.add_argument(
+        "--max-pending",
+        type=int,
+        default=200_000,
+        help="Most files received and not yet written; more are refused and counted "
+        "(over_max_pending) until the database catches up.",
+    )
+    pgroup.add_argument(
+        "--max-streams",
+        type=int,
+        default=256,
+        help="Most smurf-streamer streams with a <stream_id>_meta feed; metadata of more "
+        "streams is refused and counted (over_max_streams).",
     )
     pgroup.add_argument(
         "--drain-timeout",

@@ -23,6 +23,7 @@ CPU per file is a third of what four threads handing work to each other cost.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import threading
 import time
@@ -32,9 +33,17 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
 
-from ...db.entries import BadFileEntry, md5_file, md5_small_file
+from ...db.entries import AllowedRoots, BadFileEntry, md5_file, md5_small_file_under
 from ...db.suprsync import SupRsyncDB
-from ...runtime import Inbox, Report, WorkerPool, WorkerStopped, no_report, start_thread
+from ...runtime import (
+    Inbox,
+    RateLimit,
+    Report,
+    WorkerPool,
+    WorkerStopped,
+    no_report,
+    start_thread,
+)
 from .journal import Journal
 from .messages import FileAnnouncement, parse_datagram
 from .rules import RemoteRule, plan_file
@@ -88,6 +97,9 @@ class RegistrarConfig:
     backoff_initial: float = 0.05
     #: kept short: after a lock is released, rows must follow within a fraction of a second
     backoff_max: float = 0.25
+    #: most files received and not yet settled (written or finally refused); more are
+    #: refused as ``over_max_pending`` and counted. Bounds the memory the agent can use.
+    max_pending: int = 200_000
 
 
 class Registrar:
@@ -98,14 +110,23 @@ class Registrar:
         rules: dict[str, RemoteRule] | None = None,
         config: RegistrarConfig | None = None,
         report: Report = no_report,
+        allowed_roots: AllowedRoots | None = None,
     ) -> None:
         self.db = db
         self.journal = journal
         self.rules = rules
         self.config = config or RegistrarConfig()
         self.report = report
-        self._submit_lock = threading.Lock()
+        #: one line per kind of refusal or fault every 10 s at most
+        self.log_limited = RateLimit(report, interval=10.0)
+        #: every file registered lies under these (links resolved), however it is announced
+        self.allowed_roots = allowed_roots or AllowedRoots(["/"])
         self._next_seq = 0
+        self._pending = 0  # files handed over and not yet settled (under _settled)
+        # Arrivals not yet journaled because the journal could not be written (disk full,
+        # read-only): journaled, in order, once it can be. Reactor thread only.
+        self._unjournaled: collections.deque[_Arrival] = collections.deque()
+        self.journal_error = ""
         # What the registration thread waits for: _Arrival's and checksummed big files
         # (ReadyFile tuples). Closing it stops the thread once what it holds is written.
         self._inbox = Inbox(maxsize=INBOX_MESSAGES)
@@ -113,7 +134,8 @@ class Registrar:
         self._big: WorkerPool | None = None
         self._settled = threading.Condition()
         # Arrivals with files not yet settled: first_seq -> [received_at, files left,
-        # journal segment]. Kept per arrival, not per file: one entry per reactor iteration.
+        # journal segment or None]. Kept per arrival, not per file: one entry per reactor
+        # iteration. Changed under _settled only.
         self._arrivals: dict[int, list] = {}
         self._thread: threading.Thread | None = None
         # Each key of these counters is written by one thread only.
@@ -190,27 +212,86 @@ class Registrar:
     def submit(self, announcement: FileAnnouncement) -> None:
         self.submit_many([announcement])
 
-    def submit_many(self, announcements: Iterable[FileAnnouncement]) -> None:
-        """Journal the announcements (one write) and queue them (one hand-over)."""
+    def submit_many(self, announcements: Iterable[FileAnnouncement]) -> int:
+        """Journal the announcements (one write) and queue them (one hand-over); never
+        raises. Returns how many were refused for ``max_pending``.
+
+        When the journal cannot be written, the files are still registered; they are kept
+        in memory and journaled, in order, as soon as it can be (:meth:`retry_journal`).
+        """
         announcements = list(announcements)
         if not announcements:
-            return
-        segment = (
-            self.journal.append_many([a.raw for a in announcements])
-            if self.journal is not None
-            else None
-        )
-        self._hand_over(announcements, segment)
+            return 0
+        room = self.config.max_pending - self._pending
+        refused = 0
+        if len(announcements) > room:
+            refused = len(announcements) - max(room, 0)
+            announcements = announcements[: max(room, 0)]
+            with self._settled:
+                self.rejected["over_max_pending"] += refused
+            self.log_limited(
+                "over_max_pending",
+                "warn",
+                f"{refused} file announcement(s) refused (over_max_pending): {self._pending} "
+                f"files pending, --max-pending {self.config.max_pending}; database writable?",
+            )
+            if not announcements:
+                return refused
+        segment = None
+        if self.journal is not None and (not self._unjournaled or self.retry_journal()):
+            try:
+                segment = self.journal.append_many([a.raw for a in announcements])
+            except OSError as e:
+                self._journal_failed(e)
+        arrival = self._hand_over(announcements, segment)
+        if self.journal is not None and segment is None:
+            self._unjournaled.append(arrival)
+        return refused
 
-    def _hand_over(self, announcements: list[FileAnnouncement], segment: int | None) -> None:
+    def retry_journal(self) -> bool:
+        """Journal, in order, the arrivals not journaled yet (reactor thread); True when
+        none is left."""
+        journal = self.journal
+        while self._unjournaled:
+            arrival = self._unjournaled[0]
+            with self._settled:  # the files left, and their segment, change together
+                entry = self._arrivals.get(arrival.first_seq)
+                if entry is not None:
+                    try:
+                        entry[2] = journal.append_many(
+                            [a.raw for a in arrival.announcements], outstanding=entry[1]
+                        )
+                    except OSError as e:
+                        self._journal_failed(e)
+                        return False
+            self._unjournaled.popleft()
+        if self.journal_error:
+            self.report("info", "journal writable again; every waiting file is journaled")
+            self.journal_error = ""
+        return True
+
+    def _journal_failed(self, e: OSError) -> None:
+        self.counters["journal_errors"] += 1
+        self.journal_error = f"journal {self.journal.directory}: {e.strerror or e}"[:300]
+        self.log_limited(
+            "journal_error",
+            "error",
+            f"cannot write the journal ({e.strerror or e}); {len(self._unjournaled)} "
+            "arrival(s) kept in memory, files still registered, journaled when it can be",
+        )
+
+    def _hand_over(self, announcements: list[FileAnnouncement], segment: int | None) -> _Arrival:
         n = len(announcements)
         now = time.monotonic()
-        with self._submit_lock:  # numbers files in the order they were journaled
+        with self._settled:  # numbers files in the order they arrived
             first = self._next_seq
             self._next_seq += n
             self._arrivals[first] = [now, n, segment]
+            self._pending += n
         self.counters["announced"] += n
-        self._inbox.put(_Arrival(first, now, announcements))
+        arrival = _Arrival(first, now, announcements)
+        self._inbox.put(arrival)
+        return arrival
 
     # ---- registration thread -------------------------------------------------------------
 
@@ -269,10 +350,16 @@ class Registrar:
         try:
             ann = file.announcement
             planned = plan_file(ann.payload, ann.pub_id, ann.archive, self.rules)
-            md5 = md5_small_file(planned.local_path, self.config.big_file_bytes)
+            # Links resolved on the opened file, checked against the roots before any read;
+            # the row carries the real path (the database re-checks it by prefix).
+            md5, real = md5_small_file_under(
+                planned.local_path, self.config.big_file_bytes, self.allowed_roots
+            )
             if md5 is None:
                 self.counters["big_files"] += 1
-                future = self._big.call(self._checksum_big, file.seq, file.arrival, planned)
+                future = self._big.call(
+                    self._checksum_big, file.seq, file.arrival, planned._replace(local_path=real)
+                )
                 if future.done() and future.exception() is not None:
                     # the workers' queue is full (or stopping): try again shortly
                     due = time.monotonic() + 0.1
@@ -282,7 +369,7 @@ class Registrar:
                     (
                         file.seq,
                         file.arrival,
-                        planned.local_path,
+                        real,
                         md5,
                         planned.archive_name,
                         planned.remote_path,
@@ -333,6 +420,9 @@ class Registrar:
         if self.degraded:
             self.report("info", "database writable again; catching up")
         self.degraded = False
+        if result.refused:
+            with self._settled:
+                self.rejected["outside_allowed_root"] += result.refused
         self.counters["registered"] += result.inserted
         self.counters["duplicates"] += result.duplicates
         self.counters["timecode_dirs_created"] += len(result.new_timecodes)
@@ -383,28 +473,34 @@ class Registrar:
     ) -> None:
         """``settled``: arrival -> how many of its files were written or finally refused."""
         if rejected is not None:
-            self.report("warn", f"file not registered ({rejected}): {detail[:300]}")
-        if self.journal is not None:
-            segments: Counter = Counter()
-            for arrival, n in settled.items():
-                segments[self._arrivals[arrival][2]] += n
-            self.journal.done_counts(segments)
+            self.log_limited(
+                f"file_{rejected}", "warn", f"file not registered ({rejected}): {detail[:300]}"
+            )
         with self._settled:
             if rejected is not None:
                 self.rejected[rejected] += sum(settled.values())
                 self.last_error = detail[:300]
+            segments: Counter = Counter()
             for arrival, n in settled.items():
                 entry = self._arrivals[arrival]
+                if entry[2] is not None:
+                    segments[entry[2]] += n
                 entry[1] -= n
+                self._pending -= n
                 if entry[1] <= 0:
                     del self._arrivals[arrival]
+            if segments:
+                # under the lock: retry_journal sets an arrival's segment and files left
+                # together
+                self.journal.done_counts(segments)
             if not self._arrivals:
                 self._settled.notify_all()
 
     # ---- figures -------------------------------------------------------------------------
 
     def pending(self) -> int:
-        return sum(entry[1] for entry in list(self._arrivals.values()))
+        """Files received and not yet settled."""
+        return self._pending
 
     def lag(self) -> float:
         """Age in seconds of the oldest file not yet settled."""
