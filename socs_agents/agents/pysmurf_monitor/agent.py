@@ -387,10 +387,17 @@ class PysmurfMonitor(DatagramProtocol):
                  'counters': {'received': 120, 'files_announced': 100, 'registered': 99,
                               'duplicates': 1, 'timecode_dirs_created': 1,
                               'replayed_from_journal': 0, 'session_messages': 12,
-                              'metadata': 8, 'ignored': 0, 'db_errors': 0},
-                 'rejected': {'bad_json': 0, 'missing_file': 0, ...},
-                 'pending': 0, 'lag_s': 0.0, 'degraded': False, 'last_error': '',
-                 'last_commit_ms': 1.2, 'kernel_udp_rcvbuf_errors': 0}
+                              'metadata': 8, 'ignored': 0, 'db_errors': 0,
+                              'journal_errors': 0, 'journal_syncs': 0,
+                              'journal_backlog': 0, 'streams': 1},
+                 'rejected': {'oversize': 0, 'bad_json': 0, 'too_deep': 0,
+                              'outside_allowed_root': 0, 'over_max_pending': 0, ...},
+                 'pending': 0, 'lag_s': 0.0, 'degraded': False, 'degraded_reasons': [],
+                 'last_error': '', 'last_commit_ms': 1.2, 'kernel_udp_rcvbuf_errors': 0}
+
+            ``degraded_reasons`` says why the session is degraded (database writes failing,
+            journal not writable); every reason of ``rejected`` is listed on the docs page
+            with what to do about it.
         """
         test_mode = params["test_mode"]
         self._run_stop.clear()
