@@ -35,7 +35,12 @@ from socs_agents.agents.pysmurf_monitor.rules import (
     tail_rule,
 )
 from socs_agents.db import BadFileEntry, SupRsyncDB
-from socs_agents.db.entries import AllowedRoots, check_remote_path, md5_small_file_under
+from socs_agents.db.entries import (
+    AllowedRoots,
+    RootedFiles,
+    check_remote_path,
+    md5_small_file_under,
+)
 from socs_agents.dev.sim.smurf import SmurfSimulator
 from socs_agents.dev.testing import wait_for
 
@@ -284,7 +289,7 @@ def test_a_fifo_inside_the_root_is_refused_without_blocking(tmp_path):
     fifo = root / "pipe"
     os.mkfifo(fifo)
     with pytest.raises(BadFileEntry) as info:
-        md5_small_file_under(str(fifo), 1 << 20, AllowedRoots([str(root)]))
+        md5_small_file_under(str(fifo), 1 << 20, RootedFiles(AllowedRoots([str(root)])))
     assert info.value.code == "bad_path"
 
 
@@ -293,12 +298,35 @@ def test_real_path_is_what_the_row_carries(tmp_path):
     real_root.mkdir(parents=True)
     (real_root / "f.txt").write_bytes(b"abc")
     os.symlink(real_root, tmp_path / "smurf_data")  # /data -> /mnt/disk style
-    md5, real = md5_small_file_under(
-        str(tmp_path / "smurf_data" / "f.txt"),
-        1 << 20,
-        AllowedRoots([str(tmp_path / "smurf_data")]),
-    )
+    files = RootedFiles(AllowedRoots([str(tmp_path / "smurf_data")]))
+    md5, real = md5_small_file_under(str(tmp_path / "smurf_data" / "f.txt"), 1 << 20, files)
     assert real == str(real_root / "f.txt") and md5 == "900150983cd24fb0d6963f7d28e17f72"
+    # A link as the last component, inside the root and pointing inside it, is fine; one
+    # pointing out is not, even in a folder already checked.
+    os.symlink(real_root / "f.txt", real_root / "inside.txt")
+    assert md5_small_file_under(str(real_root / "inside.txt"), 1 << 20, files)[1] == real
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    os.symlink(tmp_path / "outside.txt", real_root / "out.txt")
+    with pytest.raises(BadFileEntry) as info:
+        md5_small_file_under(str(real_root / "out.txt"), 1 << 20, files)
+    assert info.value.code == "outside_allowed_root"
+    files.close()
+
+
+def test_a_folder_replaced_by_a_link_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "smurf_data"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f.txt").write_bytes(b"abc")
+    files = RootedFiles(AllowedRoots([str(root)]), ttl=0.0)
+    assert md5_small_file_under(str(root / "d" / "f.txt"), 1 << 20, files)[1].endswith("d/f.txt")
+    os.rename(root / "d", tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f.txt").write_bytes(b"secret")
+    os.symlink(tmp_path / "elsewhere", root / "d")
+    with pytest.raises(BadFileEntry) as info:
+        md5_small_file_under(str(root / "d" / "f.txt"), 1 << 20, files)
+    assert info.value.code == "outside_allowed_root"
+    files.close()
 
 
 # ---- bounds ------------------------------------------------------------------------------
@@ -350,7 +378,7 @@ def test_journal_write_failure_keeps_registering_and_catches_up_in_order(
     for i in range(0, 30, 10):
         reg.submit_many([parse_datagram(dg) for _, dg in files[i : i + 10]])  # never raises
     assert reg.journal_error and "No space" in reg.journal_error
-    assert reg.counters["journal_errors"] >= 1 and len(reg._unjournaled) == 3
+    assert reg.counters["journal_errors"] >= 1 and reg.journal_backlog == 3
     assert reg.retry_journal() is False  # still failing: kept in memory
     failing[0] = False
     assert reg.retry_journal() is True and not reg.journal_error
@@ -383,7 +411,7 @@ def test_journal_failure_with_a_working_database_loses_nothing(db, sim, tmp_path
     files = sim.files(10, g3_every=0)
     reg.submit_many([parse_datagram(dg) for _, dg in files])
     assert reg.drain(10) and db.count() == 10
-    assert reg.retry_journal() is True and not reg._unjournaled, "settled: nothing to journal"
+    assert reg.retry_journal() is True and not reg.journal_backlog, "settled: nothing to journal"
     reg.stop()
 
 

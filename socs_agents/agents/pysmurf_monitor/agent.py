@@ -332,7 +332,7 @@ class PysmurfMonitor(DatagramProtocol):
             "db_errors": reg.counters["db_errors"],
             "journal_errors": reg.counters["journal_errors"],
             "journal_syncs": reg.counters["journal_syncs"],
-            "journal_backlog": len(reg._unjournaled),
+            "journal_backlog": reg.journal_backlog,
             "streams": len(self._stream_feeds),
         }
         reasons = []

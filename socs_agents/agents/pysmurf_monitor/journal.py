@@ -148,10 +148,19 @@ class Journal:
         with self._lock:
             if not self._dirty or self._fd is None:
                 return False
-            os.fdatasync(self._fd)
+            fd = os.dup(self._fd)  # the segment may roll meanwhile: sync what was written
             self._dirty = False
-            self.syncs += 1
-            return True
+        try:
+            # Outside the lock: a sync can take milliseconds, and the reactor appends.
+            os.fdatasync(fd)
+        except OSError:
+            with self._lock:
+                self._dirty = True
+            raise
+        finally:
+            os.close(fd)
+        self.syncs += 1
+        return True
 
     def done(self, seg: int) -> None:
         """One datagram of segment ``seg`` needs no replay any more."""

@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
 
-from ...db.entries import AllowedRoots, BadFileEntry, md5_file, md5_small_file_under
+from ...db.entries import (
+    AllowedRoots,
+    BadFileEntry,
+    RootedFiles,
+    md5_file,
+    md5_small_file_under,
+)
 from ...db.suprsync import SupRsyncDB
 from ...runtime import (
     Inbox,
@@ -77,9 +83,8 @@ ReadyFile = tuple
 _ARRIVAL_OF = itemgetter(1)
 
 
-#: Most messages waiting for the registration thread: one per hand-over (one per reactor read)
-#: plus one per checksummed big file.
-INBOX_MESSAGES = 100_000
+#: Most big files waiting for a checksum worker.
+BIG_FILES_QUEUED = 100_000
 
 
 @dataclass
@@ -121,6 +126,7 @@ class Registrar:
         self.log_limited = RateLimit(report, interval=10.0)
         #: every file registered lies under these (links resolved), however it is announced
         self.allowed_roots = allowed_roots or AllowedRoots(["/"])
+        self._files = RootedFiles(self.allowed_roots)  # the registration thread's
         self._next_seq = 0
         self._pending = 0  # files handed over and not yet settled (under _settled)
         # Arrivals not yet journaled because the journal could not be written (disk full,
@@ -129,7 +135,8 @@ class Registrar:
         self.journal_error = ""
         # What the registration thread waits for: _Arrival's and checksummed big files
         # (ReadyFile tuples). Closing it stops the thread once what it holds is written.
-        self._inbox = Inbox(maxsize=INBOX_MESSAGES)
+        # At most one message per pending file and one per checksummed big file: never full.
+        self._inbox = Inbox(maxsize=2 * self.config.max_pending + 16)
         # md5 of files over big_file_bytes; each job puts its ReadyFile into the inbox.
         self._big: WorkerPool | None = None
         self._settled = threading.Condition()
@@ -149,7 +156,7 @@ class Registrar:
 
     def start(self) -> None:
         self._big = WorkerPool(
-            "pysmurf-md5-big", size=self.config.big_workers, max_queue=INBOX_MESSAGES
+            "pysmurf-md5-big", size=self.config.big_workers, max_queue=BIG_FILES_QUEUED
         )
         self._thread = start_thread("pysmurf-register", self._register_loop, on_error=self._died)
         if self.journal is not None:
@@ -203,6 +210,8 @@ class Registrar:
             self._big.stop(drain=False, timeout=5.0)
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+            if not self._thread.is_alive():
+                self._files.close()
         if self.journal is not None:
             self.journal.close()
         return drained
@@ -353,7 +362,7 @@ class Registrar:
             # Links resolved on the opened file, checked against the roots before any read;
             # the row carries the real path (the database re-checks it by prefix).
             md5, real = md5_small_file_under(
-                planned.local_path, self.config.big_file_bytes, self.allowed_roots
+                planned.local_path, self.config.big_file_bytes, self._files
             )
             if md5 is None:
                 self.counters["big_files"] += 1
@@ -501,6 +510,11 @@ class Registrar:
     def pending(self) -> int:
         """Files received and not yet settled."""
         return self._pending
+
+    @property
+    def journal_backlog(self) -> int:
+        """Arrivals not journaled yet (the journal could not be written)."""
+        return len(self._unjournaled)
 
     def lag(self) -> float:
         """Age in seconds of the oldest file not yet settled."""
