@@ -330,7 +330,7 @@ class PysmurfMonitor(DatagramProtocol):
             "metadata": self.counters["metadata"],
             "ignored": self.counters["ignored"],
             "db_errors": reg.counters["db_errors"],
-            "journal_errors": reg.counters["journal_errors"],
+            "journal_errors": reg.counters["journal_errors"] + reg.counters["journal_sync_errors"],
             "journal_syncs": reg.counters["journal_syncs"],
             "journal_backlog": reg.journal_backlog,
             "streams": len(self._stream_feeds),

@@ -444,7 +444,7 @@ class Registrar:
             if self.journal.sync():
                 self.counters["journal_syncs"] += 1
         except OSError as e:
-            self.counters["journal_errors"] += 1
+            self.counters["journal_sync_errors"] += 1  # this thread's own key
             self.last_error = f"journal sync: {e}"[:300]
 
     # ---- big-file workers ----------------------------------------------------------------
