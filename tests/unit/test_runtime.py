@@ -361,3 +361,24 @@ def test_failed_commit_rolls_back_and_leaves_no_open_transaction(tmp_path):
         con.execute("INSERT INTO p VALUES (7)")
         con.execute("INSERT INTO c VALUES (7)")
     assert con.execute("SELECT count(*) FROM c").fetchone()[0] == 1
+
+
+def test_inbox_keeps_order_across_threads_and_close_wakes_a_waiting_loop():
+    inbox = Inbox(maxsize=100_000)
+    got: list = []
+
+    def loop():
+        while True:
+            closed = inbox.closed
+            got.extend(inbox.get_batch(timeout=None))
+            if closed:
+                return
+
+    consumer = start_thread("t-inbox-order", loop)
+    for i in range(20_000):
+        inbox.put(i)
+    time.sleep(0.05)  # let the loop block on an empty inbox: close must wake it
+    inbox.close()
+    consumer.join(5)
+    assert not consumer.is_alive()
+    assert got == list(range(20_000)) and len(inbox) == 0
