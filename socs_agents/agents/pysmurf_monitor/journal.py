@@ -11,10 +11,13 @@ Durability, matching the SupRsync database's ``POWER_SAFE`` (a committed row is 
 * a kill -9 loses nothing that was appended: the bytes are in the kernel's page cache as
   soon as ``os.write`` returns;
 * against a power cut, :meth:`Journal.sync` (``fdatasync``) makes every line appended so far
-  durable. The registrar calls it before it reports files as kept in the journal, i.e.
-  before it waits with files it could not commit (database locked or failing, big files
-  being checksummed, files not there yet) and at stop. Files committed within the commit
-  interval of their arrival are made durable by the database's own fsync instead.
+  durable. The registrar has it called (on a thread of its own: under heavy disk writes an
+  fsync can take hundreds of milliseconds, which small files must not wait for) as soon as
+  files have to wait longer than a commit interval (database locked or failing, files not
+  there yet), and at stop before it reports files as kept in the journal. Files committed
+  within the commit interval of their arrival are made durable by the database's own fsync
+  instead; a big file being checksummed is not synced for: its own data, just written by
+  its producer without an fsync, is no more durable than its journal line.
 * a new segment's name is made durable (the folder is fsynced) when the segment is created.
 
 A write that fails (disk full, read-only folder) raises :class:`OSError` to the caller and

@@ -45,6 +45,7 @@ from ...runtime import (
     Inbox,
     RateLimit,
     Report,
+    SerialWorker,
     WorkerPool,
     WorkerStopped,
     no_report,
@@ -139,6 +140,9 @@ class Registrar:
         self._inbox = Inbox(maxsize=2 * self.config.max_pending + 16)
         # md5 of files over big_file_bytes; each job puts its ReadyFile into the inbox.
         self._big: WorkerPool | None = None
+        # Journal fsyncs, off the registration thread: under heavy disk writes an fsync can
+        # take hundreds of ms, which small files must not wait for. One at a time.
+        self._syncer: SerialWorker | None = None
         self._settled = threading.Condition()
         # Arrivals with files not yet settled: first_seq -> [received_at, files left,
         # journal segment or None]. Kept per arrival, not per file: one entry per reactor
@@ -155,6 +159,7 @@ class Registrar:
     # ---- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._syncer = SerialWorker("pysmurf-journal-sync", max_queue=1)
         self._big = WorkerPool(
             "pysmurf-md5-big", size=self.config.big_workers, max_queue=BIG_FILES_QUEUED
         )
@@ -208,6 +213,8 @@ class Registrar:
         self._inbox.close()
         if self._big is not None:
             self._big.stop(drain=False, timeout=5.0)
+        if self._syncer is not None:
+            self._syncer.stop(drain=True, timeout=5.0)
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             if not self._thread.is_alive():
@@ -346,12 +353,12 @@ class Registrar:
                     backoff = min(backoff * 2, cfg.backoff_max)
             if stopping and not ready:
                 return
-            if self.journal is not None and (
-                (ready and self.degraded) or retries or (self._big and self._big.pending)
-            ):
+            if self.journal is not None and ((ready and self.degraded) or retries):
                 # Files will wait longer than a commit interval: make their journal lines
-                # durable before waiting (see journal.py).
-                self._sync_journal()
+                # durable (see journal.py). Refused while a sync runs: the next turn asks
+                # again for what it did not cover. Not for big files being checksummed:
+                # their own data, just written, is no more durable than the journal line.
+                self._syncer.call(self._sync_journal)
 
     def _prepare(self, file: _Waiting, ready: list, retries: list) -> None:
         """Plan the row and checksum a small file; route the file on."""
@@ -444,7 +451,7 @@ class Registrar:
             if self.journal.sync():
                 self.counters["journal_syncs"] += 1
         except OSError as e:
-            self.counters["journal_sync_errors"] += 1  # this thread's own key
+            self.counters["journal_sync_errors"] += 1  # the syncer thread's own key
             self.last_error = f"journal sync: {e}"[:300]
 
     # ---- big-file workers ----------------------------------------------------------------
