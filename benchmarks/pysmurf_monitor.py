@@ -103,6 +103,7 @@ class Bench:
         args = [["--udp-port", port], ["--db-path", db_path]]
         if self.kind == "ours":
             args.append(["--udp-host", "127.0.0.1"])
+            args.append(["--allowed-root", self.workdir])
         self.site.add_instance("PysmurfMonitor", iid, args + (extra or []))
         agent = self.site.start_agent(iid, python=self.python)
         sim = SmurfSimulator(os.path.join(self.workdir, f"data-{self.kind}-{self.n}"), port=port)

@@ -5,10 +5,12 @@ Every refusal is a :class:`BadFileEntry` whose message names the file and the re
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
 import re
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -85,12 +87,153 @@ def md5_small_file(path: str, limit: int) -> str | None:
             path, "file is not readable (permission denied)", "unreadable_file"
         ) from None
     try:
+        return _md5_of_open_file(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class RootedFiles:
+    """Opens files that must lie under ``roots``, at the cost of a plain ``open``.
+
+    Each folder is resolved (links and all) and checked against the roots once, then kept
+    open (``O_PATH``) for ``ttl`` seconds; a file is opened relative to its folder's
+    descriptor with ``O_NOFOLLOW``, so the folder checked is the folder read and a link as
+    the last component takes the slow path (resolved from the opened file itself). Nothing
+    outside the roots is ever read. Files are opened non-blocking: a FIFO cannot stall the
+    caller. One thread at a time; :meth:`close` releases the folders.
+    """
+
+    def __init__(self, roots: AllowedRoots, max_dirs: int = 256, ttl: float = 5.0) -> None:
+        self.roots = roots
+        self.max_dirs = max_dirs
+        self.ttl = ttl
+        self._dirs: dict[str, tuple[int, str, float]] = {}  # folder -> (fd, real, expiry)
+
+    def close(self) -> None:
+        for fd, _, _ in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def _folder(self, folder: str) -> tuple[int, str]:
+        now = time.monotonic()
+        cached = self._dirs.get(folder)
+        if cached is not None:
+            if cached[2] > now:
+                return cached[0], cached[1]
+            self._forget(folder)
+        fd = os.open(folder or "/", os.O_PATH | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            real = _real_path_of_fd(fd, folder or "/")
+            self.roots.check(real)  # outside_allowed_root
+        except BaseException:
+            os.close(fd)
+            raise
+        if len(self._dirs) >= self.max_dirs:
+            self._forget(next(iter(self._dirs)))
+        self._dirs[folder] = (fd, real, now + self.ttl)
+        return fd, real
+
+    def _forget(self, folder: str) -> None:
+        entry = self._dirs.pop(folder, None)
+        if entry is not None:
+            os.close(entry[0])
+
+    def open(self, path: str) -> tuple[int, str]:
+        """``(file descriptor, real path)`` of ``path`` (absolute, normalised).
+
+        Raises:
+            BadFileEntry: ``missing_file``, ``bad_path``, ``unreadable_file``,
+                ``outside_allowed_root``.
+        """
+        folder, _, name = path.rpartition("/")
+        try:
+            try:
+                dir_fd, real_dir = self._folder(folder)
+                fd = os.open(name, _OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+                return fd, (real_dir.rstrip("/") + "/" + name)
+            except FileNotFoundError:
+                if folder not in self._dirs:
+                    raise
+                self._forget(folder)  # the folder may have been replaced: look again
+                dir_fd, real_dir = self._folder(folder)
+                fd = os.open(name, _OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+                return fd, (real_dir.rstrip("/") + "/" + name)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+            # The last component is a link: open it, and check what was opened.
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                real = _real_path_of_fd(fd, path)
+                self.roots.check(real)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, real
+        except FileNotFoundError:
+            raise BadFileEntry(path, "file does not exist", "missing_file") from None
+        except NotADirectoryError:
+            raise BadFileEntry(
+                path, "a component of the path is not a directory", "bad_path"
+            ) from None
+        except PermissionError:
+            raise BadFileEntry(
+                path, "file is not readable (permission denied)", "unreadable_file"
+            ) from None
+        except BadFileEntry as e:
+            if e.code == "outside_allowed_root" and e.path != path:
+                raise BadFileEntry(
+                    path, f"resolves outside the allowed roots ({e.reason})", e.code
+                ) from None
+            raise
+        except OSError as e:
+            raise BadFileEntry(
+                path, f"cannot be opened: {e.strerror or e}", "unreadable_file"
+            ) from None
+
+
+def _real_path_of_fd(fd: int, path: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: resolve by name
+        return os.path.realpath(path)
+
+
+def md5_small_file_under(path: str, limit: int, files: RootedFiles) -> tuple[str | None, str]:
+    """:func:`md5_small_file` of a file that must lie under the roots of ``files``:
+    ``(md5 or None when bigger than limit, real path)``. Blocking.
+
+    The check is made on the opened file (:class:`RootedFiles`), before a byte is read;
+    what is not a regular file (FIFO, device, folder) is refused as ``bad_path``.
+
+    Raises:
+        BadFileEntry: as :func:`md5_small_file`; ``outside_allowed_root``.
+    """
+    fd, real = files.open(path)
+    try:
+        return _md5_of_open_file(fd, path, limit), real
+    finally:
+        os.close(fd)
+
+
+def _md5_of_open_file(fd: int, path: str, limit: int) -> str | None:
+    try:
         want = min(limit + 1, FIRST_READ_BYTES)
         chunk = os.read(fd, want)
         # A short read of a regular file means its end: the whole file is in hand.
+        if 0 < len(chunk) < want:
+            return hashlib.md5(chunk).hexdigest()
+        # Empty, or at least the first read: only now is it worth a stat (a FIFO reads
+        # empty, a device endlessly).
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadFileEntry(path, "is not a regular file", "bad_path")
         if len(chunk) < want:
             return hashlib.md5(chunk).hexdigest()
-        if len(chunk) > limit or os.fstat(fd).st_size > limit:
+        if len(chunk) > limit or info.st_size > limit:
             return None
         digest = hashlib.md5(chunk)
         while True:
@@ -102,8 +245,6 @@ def md5_small_file(path: str, limit: int) -> str | None:
         raise BadFileEntry(path, "is a directory, not a file", "bad_path") from None
     except OSError as e:
         raise BadFileEntry(path, f"cannot be read: {e.strerror or e}", "unreadable_file") from None
-    finally:
-        os.close(fd)
 
 
 def timecode_of(remote_path: str) -> int | None:

@@ -16,7 +16,8 @@ from typing import NamedTuple
 from sqlalchemy import Engine, create_engine, event, exc, func, inspect, select
 from sqlalchemy.orm import sessionmaker
 
-from .entries import FileEntry, timecode_of
+from ..runtime.store import Durability, apply_pragmas, begin_statement, transaction
+from .entries import AllowedRoots, BadFileEntry, FileEntry, timecode_of
 from .models import FILES_TABLE, TIMECODE_TABLE, Base, SupRsyncFile, TimecodeDir
 
 # SQLite accepts at most 32766 bound parameters; stay far below for the IN (...) lookups.
@@ -51,6 +52,8 @@ class AddResult:
     inserted: list[FileEntry] = field(default_factory=list)
     duplicates: list[FileEntry] = field(default_factory=list)
     new_timecodes: list[tuple[int, str]] = field(default_factory=list)
+    #: entries outside the allowed roots, not written
+    refused: list[FileEntry] = field(default_factory=list)
 
 
 class RowsAdded(NamedTuple):
@@ -59,6 +62,8 @@ class RowsAdded(NamedTuple):
     inserted: int
     duplicates: int
     new_timecodes: list[tuple[int, str]]
+    #: rows outside the allowed roots, not written
+    refused: int = 0
 
 
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
@@ -66,18 +71,16 @@ def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_connect(dbapi_conn, _record):
         # Let SQLAlchemy's "begin" event issue BEGIN itself, so writes can be IMMEDIATE.
         dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
+        # A row means "SupRsync may copy this file off and delete it": power-safe commits.
+        apply_pragmas(dbapi_conn, Durability.POWER_SAFE, busy_timeout_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        # Writers take the write lock up front: the duplicate check and the insert then see
-        # the same snapshot, and a busy database fails at BEGIN, before any work.
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # The SQLAlchemy way to make a transaction IMMEDIATE (pysqlite leaves BEGIN to
+        # us): writers take the write lock up front, so the duplicate check and the insert
+        # see the same snapshot, and a busy database fails at BEGIN, before any work.
+        immediate = conn.get_execution_options().get("sqlite_begin") == "IMMEDIATE"
+        conn.exec_driver_sql(begin_statement(immediate))
 
 
 class SupRsyncDB:
@@ -88,11 +91,23 @@ class SupRsyncDB:
         create_all: create the tables when they do not exist (socs's ``--create-table``).
         echo: log every SQL statement (socs's ``--echo-sql``).
         busy_timeout_ms: how long a statement waits for another writer's lock.
+        allowed_roots: when given, rows of files outside these roots are refused (not
+            written, counted in the result), whatever the caller checked before:
+            :meth:`add_files` resolves each path's links; :meth:`add_rows`, the hot path,
+            takes rows whose ``local_path`` is already the real path (as
+            :func:`~socs_agents.db.entries.md5_small_file_under` returns it) and re-checks
+            it by prefix only.
     """
 
     def __init__(
-        self, db_path: str, create_all: bool = True, echo: bool = False, busy_timeout_ms: int = 5000
+        self,
+        db_path: str,
+        create_all: bool = True,
+        echo: bool = False,
+        busy_timeout_ms: int = 5000,
+        allowed_roots: AllowedRoots | None = None,
     ) -> None:
+        self.allowed_roots = allowed_roots
         self.db_path = os.path.abspath(db_path)
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         self.engine = create_engine(f"sqlite:///{self.db_path}", echo=echo)
@@ -136,6 +151,15 @@ class SupRsyncDB:
                 or unavailable; nothing was written.
         """
         result = AddResult()
+        if self.allowed_roots is not None:
+            kept = []
+            for e in entries:
+                try:
+                    self.allowed_roots.check(e.local_path)
+                    kept.append(e)
+                except BadFileEntry:
+                    result.refused.append(e)
+            entries = kept
         if not entries:
             return result
         rows = [
@@ -164,10 +188,20 @@ class SupRsyncDB:
         Raises:
             sqlalchemy.exc.OperationalError: as :meth:`add_files`; nothing was written.
         """
+        refused = 0
+        if self.allowed_roots is not None:
+            inside = self.allowed_roots.contains
+            # real paths have no ".." (a prefix alone would let "/root/../x" through)
+            kept = [
+                row
+                for row in rows
+                if inside(row[0]) and "/../" not in row[0] and not row[0].endswith("/..")
+            ]
+            refused, rows = len(rows) - len(kept), kept
         if not rows:
-            return RowsAdded(0, 0, [])
+            return RowsAdded(0, 0, [], refused)
         inserted, new_timecodes = self._insert_new(rows)
-        return RowsAdded(len(inserted), len(rows) - len(inserted), new_timecodes)
+        return RowsAdded(len(inserted), len(rows) - len(inserted), new_timecodes, refused)
 
     def _insert_new(self, rows: Sequence[FileRow]) -> tuple[list[int], list[tuple[int, str]]]:
         """Insert the rows not present yet, in one transaction; return the index of each
@@ -185,22 +219,13 @@ class SupRsyncDB:
             # than the SQLite work.
             with self._writer_lock:
                 con = self._writer()
-                statement = "BEGIN IMMEDIATE"
                 try:
-                    con.execute(statement)
-                    statement = "INSERT"
-                    inserted, new_timecodes, wanted = self._insert_in_transaction(
-                        rows, con.execute, con.executemany
-                    )
-                    statement = "COMMIT"
-                    con.execute(statement)
+                    with transaction(con):
+                        inserted, new_timecodes, wanted = self._insert_in_transaction(
+                            rows, con.execute, con.executemany
+                        )
                 except sqlite3.Error as e:
-                    if con.in_transaction:
-                        try:
-                            con.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            pass  # the first error is the one to report
-                    raise exc.DBAPIError.instance(statement, None, e, sqlite3.Error) from e
+                    raise exc.DBAPIError.instance("INSERT", None, e, sqlite3.Error) from e
         # Only after the commit: SupRsync never deletes timecode rows, so a pair seen once
         # needs no lookup again.
         self._known_timecodes.update(wanted)

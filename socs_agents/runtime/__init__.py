@@ -20,13 +20,22 @@ from .logs import RateLimit, Report, no_report, reporter, start_logging
 from .store import (
     Durability,
     apply_pragmas,
+    begin_statement,
     checkpoint,
     connect,
     disable_autocheckpoint,
     is_locked,
     transaction,
 )
-from .workers import Inbox, QueueFull, SerialWorker, WorkerPool, WorkerStopped, start_thread
+from .workers import (
+    Inbox,
+    QueueFull,
+    SerialWorker,
+    WorkerPool,
+    WorkerStopped,
+    run_blocking,
+    start_thread,
+)
 
 __all__ = [
     "Durability",
@@ -38,6 +47,7 @@ __all__ = [
     "WorkerPool",
     "WorkerStopped",
     "apply_pragmas",
+    "begin_statement",
     "checkpoint",
     "commit_file",
     "connect",
@@ -49,6 +59,7 @@ __all__ = [
     "no_report",
     "remove_temp_files",
     "reporter",
+    "run_blocking",
     "start_logging",
     "start_thread",
     "temp_path",

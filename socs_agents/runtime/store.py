@@ -73,20 +73,35 @@ def disable_autocheckpoint(con: sqlite3.Connection) -> None:
     con.execute("PRAGMA wal_autocheckpoint=0")
 
 
+def begin_statement(immediate: bool = True) -> str:
+    """The statement that opens a transaction: ``BEGIN IMMEDIATE`` takes the write lock at
+    once (for SQLAlchemy's ``begin`` event, which issues BEGIN itself)."""
+    return "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+
+def _rollback(con: sqlite3.Connection) -> None:
+    # SQLite may have rolled back by itself (disk full, I/O error); the first error is the
+    # one to report.
+    if con.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("ROLLBACK")
+
+
 @contextlib.contextmanager
 def transaction(con: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-    """``BEGIN [IMMEDIATE] … COMMIT``, or ``ROLLBACK`` if the block raises.
+    """``BEGIN [IMMEDIATE] … COMMIT``, or ``ROLLBACK`` if the block or the COMMIT raises.
 
     ``immediate`` takes the write lock at BEGIN, so a busy database fails before any work
-    and reads inside the block see what the writes will change.
+    and reads inside the block see what the writes will change. A failed COMMIT (disk full,
+    read-only) rolls back too, so a kept connection is never left inside a transaction.
     """
-    con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    con.execute(begin_statement(immediate))
     try:
         yield con
+        con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
-    con.execute("COMMIT")
 
 
 def is_locked(exc: BaseException) -> bool:

@@ -27,6 +27,7 @@ def monitor(agent_runner, site, tmp_path):
             ["--db-path", db_path],
             ["--create-table", True],
             ["--missing-file-timeout", 2],
+            ["--allowed-root", str(tmp_path / "smurf_data")],
         ],
     )
     client = site.client(iid)
@@ -157,7 +158,12 @@ def test_kill_9_then_restart_replays_the_journal(agent_runner, site, tmp_path):
     port = free_udp_port()
     db_path = str(tmp_path / "k" / "suprsync.db")
     iid = f"pysmurf-monitor-k{port}"
-    args = [["--udp-port", port], ["--udp-host", "127.0.0.1"], ["--db-path", db_path]]
+    args = [
+        ["--udp-port", port],
+        ["--udp-host", "127.0.0.1"],
+        ["--db-path", db_path],
+        ["--allowed-root", str(tmp_path / "smurf_data")],
+    ]
     agent = agent_runner("PysmurfMonitor", iid, args)
     # Lock the database so nothing can be written, then kill the agent.
     import sqlite3
@@ -180,4 +186,100 @@ def test_kill_9_then_restart_replays_the_journal(agent_runner, site, tmp_path):
     site.agents.remove(agent)
     agent_runner("PysmurfMonitor", iid, args)
     wait_for(lambda: len(rows(db_path)[0]) == 40, 15, "40 rows after restart")
+    sim.close()
+
+
+def test_hostile_datagrams_are_refused_counted_and_the_agent_keeps_going(monitor, tmp_path):
+    """A secret file outside the allowed root (and a link inside the root pointing to it),
+    JSON nested too deeply, non-finite numbers: refused, counted, never a row."""
+    agent, client, sim, db_path, iid = monitor
+    secret = tmp_path / "home" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    link = tmp_path / "smurf_data" / "17000" / "key.txt"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(secret)
+    _, dg = sim.data_file(fmt="txt")
+    payload = json.loads(dg)["payload"]
+    sim.send(sim.envelope("data_file", dict(payload, path=str(secret))))
+    sim.send(sim.envelope("data_file", dict(payload, path=str(link))))
+    sim.send(b"[" * 60_000)
+    sim.send(sim.envelope("data_file", dict(payload, timestamp="@")).replace(b'"@"', b"NaN"))
+    meta = sim.envelope("metadata", {"path": "p", "value": 1})
+    sim.send(meta.replace(b'"time": ', b'"time": 1e400, "was": '))
+    good, dg = sim.data_file(fmt="txt")
+    sim.send(dg)
+
+    def counted():
+        d = run_data(client)
+        return d if d.get("rejected", {}).get("outside_allowed_root") == 2 else None
+
+    data = wait_for(counted, 10, "two files refused as outside the allowed root")
+    r = data["rejected"]
+    assert (r["too_deep"], r["non_finite"]) == (1, 2)
+    assert [row["local_path"] for row in rows(db_path)[0]] == [good]
+    assert agent.alive() and "outside the allowed roots" in agent.log_text()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: a journal folder that really fills up (needs root; skipped else)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_journal_disk_keeps_listening_and_catches_up(agent_runner, site, tmp_path, tiny_disk):
+    import sqlite3
+
+    port = free_udp_port()
+    db_path = str(tmp_path / "f" / "suprsync.db")
+    iid = f"pysmurf-monitor-f{port}"
+    agent_runner(
+        "PysmurfMonitor",
+        iid,
+        [
+            ["--udp-port", port],
+            ["--udp-host", "127.0.0.1"],
+            ["--db-path", db_path],
+            ["--journal-dir", str(tiny_disk / "journal")],
+            ["--allowed-root", str(tmp_path / "smurf_data")],
+        ],
+    )
+    client = site.client(iid)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # nothing is written: the journal must hold it all
+    sim = SmurfSimulator(str(tmp_path / "smurf_data"), port=port)
+    files = sim.files(400, g3_every=0)
+    sim.send_paced([dg for _, dg in files], rate=1000)
+
+    def full():
+        d = run_data(client)
+        c = d.get("counters", {})
+        return d if c.get("journal_errors") and c.get("files_announced") == 400 else None
+
+    data = wait_for(full, 15, "the journal to fill up and every file to be received")
+    assert data["degraded"] is True
+    assert any("No space left" in reason for reason in data["degraded_reasons"])
+    locker.execute("ROLLBACK")
+    locker.close()
+    wait_for(lambda: len(rows(db_path)[0]) == 400, 15, "every file written after the lock")
+
+    def recovered():
+        d = run_data(client)
+        return d if not d["degraded"] and not d["counters"]["journal_backlog"] else None
+
+    wait_for(recovered, 10, "journal and database healthy again")
+    # The port still listens: one more file goes through.
+    path, dg = sim.data_file(fmt="txt")
+    sim.send(dg)
+    wait_for(lambda: path in {r["local_path"] for r in rows(db_path)[0]}, 10, "one more row")
     sim.close()

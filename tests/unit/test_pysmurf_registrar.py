@@ -135,7 +135,7 @@ def test_journal_replays_what_a_killed_run_left(db, sim, tmp_path):
     dead = make(db, tmp_path)  # never started: like a process killed before writing
     files = sim.files(12, g3_every=4)
     submit_all(dead, [dg for _, dg in files])
-    dead.journal._file.close()  # what kill -9 leaves: the lines written so far
+    os.close(dead.journal._fd)  # what kill -9 leaves: the lines written so far
     assert db.count() == 0
     # Two of them were written before the kill: the replay must not duplicate them.
     from socs_agents.agents.pysmurf_monitor.rules import plan_file

@@ -349,3 +349,66 @@ def test_rate_limit_holds_back_and_counts():
         ("info", "another key"),
         ("warn", "later (+2 more since the last line)"),
     ]
+
+
+# ---- additions: run_blocking, failed COMMIT, begin_statement -----------------------------
+
+
+def test_run_blocking_delivers_result_and_exception_on_the_reactor():
+    from socs_agents.runtime import run_blocking
+
+    reactor = FakeReactor()
+    results: list = []
+    threads: list = []
+
+    def work(x):
+        threads.append(threading.current_thread().name)
+        return x * 2
+
+    run_blocking(work, 21, name="t-once", reactor=reactor).addCallback(results.append)
+    run_blocking(lambda: 1 / 0, reactor=reactor).addErrback(lambda f: results.append(f.type))
+    wait_until = time.monotonic() + 5
+    while len(results) < 2 and time.monotonic() < wait_until:
+        reactor.run_pending()
+        time.sleep(0.005)
+    assert sorted(results, key=str) == sorted([42, ZeroDivisionError], key=str)
+    assert threads == ["t-once"], "off the calling thread, in a thread of its own"
+
+
+def test_failed_commit_rolls_back_and_leaves_no_open_transaction(tmp_path):
+    from socs_agents.runtime import begin_statement
+
+    assert begin_statement() == "BEGIN IMMEDIATE" and begin_statement(False) == "BEGIN"
+    con = connect(str(tmp_path / "fk.db"), Durability.POWER_SAFE)
+    con.execute("CREATE TABLE p (id INTEGER PRIMARY KEY)")
+    con.execute("CREATE TABLE c (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    # A deferred foreign key fails at COMMIT, as a full disk would: the kept connection
+    # must be usable for the next transaction.
+    with pytest.raises(sqlite3.IntegrityError), transaction(con):
+        con.execute("INSERT INTO c VALUES (7)")
+    assert not con.in_transaction
+    with transaction(con):
+        con.execute("INSERT INTO p VALUES (7)")
+        con.execute("INSERT INTO c VALUES (7)")
+    assert con.execute("SELECT count(*) FROM c").fetchone()[0] == 1
+
+
+def test_inbox_keeps_order_across_threads_and_close_wakes_a_waiting_loop():
+    inbox = Inbox(maxsize=100_000)
+    got: list = []
+
+    def loop():
+        while True:
+            closed = inbox.closed
+            got.extend(inbox.get_batch(timeout=None))
+            if closed:
+                return
+
+    consumer = start_thread("t-inbox-order", loop)
+    for i in range(20_000):
+        inbox.put(i)
+    time.sleep(0.05)  # let the loop block on an empty inbox: close must wake it
+    inbox.close()
+    consumer.join(5)
+    assert not consumer.is_alive()
+    assert got == list(range(20_000)) and len(inbox) == 0

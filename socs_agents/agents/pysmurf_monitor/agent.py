@@ -14,11 +14,13 @@ import time
 from collections import Counter
 
 from ocs import ocs_agent, ocs_feed, site_config
-from twisted.internet import reactor, threads, udp
+from twisted.internet import reactor, task, udp
 from twisted.internet.protocol import DatagramProtocol
 
 from ...argtypes import str2bool
+from ...db.entries import AllowedRoots
 from ...db.suprsync import SupRsyncDB
+from ...runtime import RateLimit, reporter, run_blocking, start_logging
 from .journal import Journal, default_journal_dir
 from .messages import (
     REJECT_REASONS,
@@ -40,6 +42,12 @@ STATS_FEED = "monitor_stats"
 REST_SECONDS = 0.001
 BUSY_REST_SECONDS = 0.004
 BUSY_DATAGRAMS = 8
+#: Where the pysmurf publisher and the smurf-streamer write (socs's convention); nothing
+#: else of the host may become a SupRsync row.
+DEFAULT_ALLOWED_ROOTS = ("/data/smurf_data", "/data/so/timestreams")
+#: Bounds of what a metadata datagram can make the agent keep.
+MAX_METADATA_PATH = 255
+MAX_FIELDS_PER_STREAM = 1000
 
 
 def kernel_udp_rcvbuf_errors() -> int | None:
@@ -112,10 +120,12 @@ class PysmurfMonitor(DatagramProtocol):
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
         self.agent = agent
         self.log = agent.log
+        self.report = reporter(agent.log)
         self.args = args
-        self.db_path = args.db_path
-        self.echo_sql = args.echo_sql
-        self.db = SupRsyncDB(args.db_path, create_all=args.create_table, echo=args.echo_sql)
+        roots = AllowedRoots(args.allowed_root or DEFAULT_ALLOWED_ROOTS)
+        self.db = SupRsyncDB(
+            args.db_path, create_all=args.create_table, echo=args.echo_sql, allowed_roots=roots
+        )
         rules = dict(DEFAULT_RULES)
         rules.update(parse_archive_rule(spec) for spec in args.archive or [])
         journal = None
@@ -125,20 +135,28 @@ class PysmurfMonitor(DatagramProtocol):
                 or default_journal_dir(args.db_path, getattr(args, "instance_id", None))
             )
         config = RegistrarConfig(
-            big_workers=args.big_file_threads, missing_file_timeout=args.missing_file_timeout
+            big_workers=args.big_file_threads,
+            missing_file_timeout=args.missing_file_timeout,
+            max_pending=args.max_pending,
         )
-        self.registrar = Registrar(self.db, journal, rules, config, report=self._report)
+        self.registrar = Registrar(
+            self.db, journal, rules, config, report=self.report, allowed_roots=roots
+        )
+        self.log.info("files are registered only under {roots}", roots=", ".join(roots.configured))
+        # <stream_id>_meta feed name -> the fields published on it (bounded: --max-streams)
+        self._stream_feeds: dict[str, set[str]] = {}
+        self._journal_retry = task.LoopingCall(self.registrar.retry_journal)
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
-        self._last_reject_log: dict[str, float] = {}
-        self._suppressed: Counter = Counter()
+        # One line per reason per second at most: a flood must not flood the log too.
+        self._log_limited = RateLimit(self.report, interval=1.0)
         self.udp: dict = {}
         # File announcements of one read of the socket: journaled and queued together.
         self._announced: list[FileAnnouncement] = []
         self._datagrams_in_read = 0
         self.port = None
         self._run_stop = threading.Event()
-        self._stopped = False
+        self._shut_down = False
 
         self.agent.register_feed("pysmurf_session_data")
         self.agent.register_feed(
@@ -186,22 +204,31 @@ class PysmurfMonitor(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.registrar.start()
+        # Journals what a failed journal write left in memory, once the disk allows it.
+        self._journal_retry.start(1.0, now=False).addErrback(
+            lambda f: self.log.error("journal retry stopped: {f}", f=f)
+        )
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
-        """Called by the reactor for every datagram: classify, then hand on (never blocks)."""
+        """Called by the reactor for every datagram: classify, then hand on (never blocks,
+        never raises)."""
         self._datagrams_in_read += 1
         parsed = parse_datagram(data)
-        if isinstance(parsed, FileAnnouncement):
+        if type(parsed) is FileAnnouncement:
             self._announced.append(parsed)
-        elif isinstance(parsed, SessionMessage):
-            self.counters["session_messages"] += 1
-            self.agent.publish_to_feed("pysmurf_session_data", parsed.data, from_reactor=True)
-        elif isinstance(parsed, MetadataMessage):
-            self._publish_metadata(parsed, addr)
-        elif isinstance(parsed, Ignored):
-            self.counters["ignored"] += 1
-        else:
-            self._reject(parsed, addr)
+            return
+        try:
+            if isinstance(parsed, SessionMessage):
+                self.agent.publish_to_feed("pysmurf_session_data", parsed.data, from_reactor=True)
+                self.counters["session_messages"] += 1
+            elif isinstance(parsed, MetadataMessage):
+                self._publish_metadata(parsed, addr)
+            elif isinstance(parsed, Ignored):
+                self.counters["ignored"] += 1
+            else:
+                self._reject(parsed, addr)
+        except Exception as e:  # e.g. a session message the feed cannot carry
+            self._reject(Rejected("internal_error", f"{type(e).__name__}: {e}"[:200]), addr)
 
     def datagramsRead(self) -> int:
         """Called by the port once it has read what the socket held: journal and queue the
@@ -211,7 +238,11 @@ class PysmurfMonitor(DatagramProtocol):
         self.counters["received"] += count
         if self._announced:
             announced, self._announced = self._announced, []
-            self.registrar.submit_many(announced)
+            try:
+                self.registrar.submit_many(announced)
+            except Exception as e:  # never out of here: the port would close for good
+                self.rejected["internal_error"] += len(announced)
+                self._log_limited("submit", "error", f"hand-over failed: {e!r}")
         return count
 
     def read_pending(self, limit: int = 1_000_000) -> int:
@@ -231,11 +262,37 @@ class PysmurfMonitor(DatagramProtocol):
         return read
 
     def _publish_metadata(self, msg: MetadataMessage, addr: tuple) -> None:
+        if len(msg.path) > MAX_METADATA_PATH or len(msg.stream_id) > MAX_METADATA_PATH:
+            self._reject(Rejected("wrong_type", "metadata path or stream id too long"), addr)
+            return
         field = ocs_feed.Feed.enforce_field_name_rules(msg.path)
         feed_name = ocs_feed.Feed.enforce_field_name_rules(f"{msg.stream_id}_meta")
+        fields = self._stream_feeds.get(feed_name)
+        if fields is None:
+            if len(self._stream_feeds) >= self.args.max_streams:
+                self._reject(
+                    Rejected(
+                        "over_max_streams",
+                        f"stream {msg.stream_id[:80]!r}: already {len(self._stream_feeds)} "
+                        f"streams (--max-streams)",
+                    ),
+                    addr,
+                )
+                return
+            fields = self._stream_feeds[feed_name] = set()
+        if field not in fields and len(fields) >= MAX_FIELDS_PER_STREAM:
+            self._reject(
+                Rejected(
+                    "over_max_streams",
+                    f"stream {msg.stream_id[:80]!r}: already {len(fields)} metadata fields",
+                ),
+                addr,
+            )
+            return
         try:
             if feed_name not in self.agent.feeds:
                 self.agent.register_feed(feed_name, record=True, buffer_time=1)
+            fields.add(field)
             self.agent.publish_to_feed(
                 feed_name,
                 {"block_name": field, "timestamp": msg.timestamp, "data": {field: msg.value}},
@@ -248,23 +305,11 @@ class PysmurfMonitor(DatagramProtocol):
     def _reject(self, rejected: Rejected, addr: tuple) -> None:
         reason = rejected.reason
         self.rejected[reason] += 1
-        # One line per reason per second at most: a flood must not flood the log too.
-        now = time.monotonic()
-        if now - self._last_reject_log.get(reason, -1e9) >= 1.0:
-            more = self._suppressed.pop(reason, 0)
-            self._last_reject_log[reason] = now
-            self.log.warn(
-                "datagram from {addr} rejected ({reason}): {detail}{more}",
-                addr=f"{addr[0]}:{addr[1]}",
-                reason=reason,
-                detail=rejected.detail,
-                more=f" (+{more} more since last line)" if more else "",
-            )
-        else:
-            self._suppressed[reason] += 1
-
-    def _report(self, level: str, text: str) -> None:
-        getattr(self.log, level)("{text}", text=text)
+        self._log_limited(
+            reason,
+            "warn",
+            f"datagram from {addr[0]}:{addr[1]} rejected ({reason}): {rejected.detail}",
+        )
 
     # ---- figures -------------------------------------------------------------------------
 
@@ -285,7 +330,16 @@ class PysmurfMonitor(DatagramProtocol):
             "metadata": self.counters["metadata"],
             "ignored": self.counters["ignored"],
             "db_errors": reg.counters["db_errors"],
+            "journal_errors": reg.counters["journal_errors"] + reg.counters["journal_sync_errors"],
+            "journal_syncs": reg.counters["journal_syncs"],
+            "journal_backlog": reg.journal_backlog,
+            "streams": len(self._stream_feeds),
         }
+        reasons = []
+        if reg.degraded:
+            reasons.append(reg.last_error or "database writes failing")
+        if reg.journal_error:
+            reasons.append(reg.journal_error)
         return {
             "timestamp": time.time(),
             "udp": dict(self.udp),
@@ -293,7 +347,8 @@ class PysmurfMonitor(DatagramProtocol):
             "rejected": rejected,
             "pending": reg.pending(),
             "lag_s": round(reg.lag(), 4),
-            "degraded": reg.degraded,
+            "degraded": bool(reasons),
+            "degraded_reasons": reasons,
             "last_error": reg.last_error,
             "last_commit_ms": round(reg.last_commit_ms, 3),
             "kernel_udp_rcvbuf_errors": kernel_udp_rcvbuf_errors(),
@@ -332,14 +387,20 @@ class PysmurfMonitor(DatagramProtocol):
                  'counters': {'received': 120, 'files_announced': 100, 'registered': 99,
                               'duplicates': 1, 'timecode_dirs_created': 1,
                               'replayed_from_journal': 0, 'session_messages': 12,
-                              'metadata': 8, 'ignored': 0, 'db_errors': 0},
-                 'rejected': {'bad_json': 0, 'missing_file': 0, ...},
-                 'pending': 0, 'lag_s': 0.0, 'degraded': False, 'last_error': '',
-                 'last_commit_ms': 1.2, 'kernel_udp_rcvbuf_errors': 0}
+                              'metadata': 8, 'ignored': 0, 'db_errors': 0,
+                              'journal_errors': 0, 'journal_syncs': 0,
+                              'journal_backlog': 0, 'streams': 1},
+                 'rejected': {'oversize': 0, 'bad_json': 0, 'too_deep': 0,
+                              'outside_allowed_root': 0, 'over_max_pending': 0, ...},
+                 'pending': 0, 'lag_s': 0.0, 'degraded': False, 'degraded_reasons': [],
+                 'last_error': '', 'last_commit_ms': 1.2, 'kernel_udp_rcvbuf_errors': 0}
+
+            ``degraded_reasons`` says why the session is degraded (database writes failing,
+            journal not writable); every reason of ``rejected`` is listed on the docs page
+            with what to do about it.
         """
         test_mode = params["test_mode"]
         self._run_stop.clear()
-        session.set_status("running")
         period = 0.05 if test_mode else 1.0
         last_feed = 0.0
         while not self._run_stop.wait(period):
@@ -353,6 +414,7 @@ class PysmurfMonitor(DatagramProtocol):
                 break
         # What was sent before the stop but still waits in the socket (the port may be
         # resting) counts as received: read it now, then drain.
+        # (not blockingCallFromThread: at shutdown the reactor may never run it)
         read = threading.Event()
         reactor.callFromThread(lambda: (self.read_pending(), read.set()))
         read.wait(5.0)
@@ -366,7 +428,7 @@ class PysmurfMonitor(DatagramProtocol):
             )
         return True, "Monitor exited cleanly."
 
-    def _stop(self, session: ocs_agent.OpSession, params: dict | None = None):
+    def _stop_run(self, session: ocs_agent.OpSession, params: dict | None = None):
         self._run_stop.set()
         session.set_status("stopping")
         return True, "Stopping; files received so far are being written."
@@ -375,14 +437,17 @@ class PysmurfMonitor(DatagramProtocol):
 
     def shutdown(self):
         """Stop listening, read what the kernel still holds, write everything, stop."""
-        if self._stopped:
+        if self._shut_down:
             return None
-        self._stopped = True
+        self._shut_down = True
         if self.port is not None:
             self.read_pending()
             self.port.stopListening()
         self.datagramsRead()
-        d = threads.deferToThread(self.registrar.stop, self.args.drain_timeout)
+        if self._journal_retry.running:
+            self._journal_retry.stop()
+        self.registrar.retry_journal()
+        d = run_blocking(self.registrar.stop, self.args.drain_timeout, name="pysmurf-stop")
 
         def done(drained):
             snap = self.snapshot()
@@ -465,6 +530,29 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         help="Threads computing md5 sums of files over 16 MiB.",
     )
     pgroup.add_argument(
+        "--allowed-root",
+        action="append",
+        metavar="DIR",
+        help="Only files under this folder (links resolved) are registered; others are "
+        "refused and counted as outside_allowed_root. Repeatable. Default: "
+        + " and ".join(DEFAULT_ALLOWED_ROOTS)
+        + ".",
+    )
+    pgroup.add_argument(
+        "--max-pending",
+        type=int,
+        default=200_000,
+        help="Most files received and not yet written; more are refused and counted "
+        "(over_max_pending) until the database catches up.",
+    )
+    pgroup.add_argument(
+        "--max-streams",
+        type=int,
+        default=256,
+        help="Most smurf-streamer streams with a <stream_id>_meta feed; metadata of more "
+        "streams is refused and counted (over_max_streams).",
+    )
+    pgroup.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -474,13 +562,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
+    start_logging()
     parser = make_parser()
     args = site_config.parse_args(agent_class="PysmurfMonitor", parser=parser, args=args)
     for spec in args.archive or []:
         parse_archive_rule(spec)  # fail before connecting, naming the bad argument
     agent, runner = ocs_agent.init_site_agent(args)
     monitor = PysmurfMonitor(agent, args)
-    agent.register_process("run", monitor.run, monitor._stop, startup=not args.test_mode)
+    agent.register_process("run", monitor.run, monitor._stop_run, startup=not args.test_mode)
     monitor.listen(args.udp_port, args.udp_host, args.udp_rcvbuf)
     reactor.addSystemEventTrigger("before", "shutdown", monitor.shutdown)
     runner.run(agent, auto_reconnect=True)

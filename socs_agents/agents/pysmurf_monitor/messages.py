@@ -8,6 +8,7 @@ Every datagram becomes exactly one of: :class:`FileAnnouncement`, :class:`Sessio
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,9 +26,11 @@ REJECT_REASONS = (
     "oversize",
     "not_utf8",
     "bad_json",
+    "too_deep",
     "not_object",
     "missing_field",
     "wrong_type",
+    "non_finite",
     "unknown_type",
     "missing_action",
     "bad_path",
@@ -38,7 +41,14 @@ REJECT_REASONS = (
     "unknown_archive",
     "missing_file",
     "unreadable_file",
+    "outside_allowed_root",
+    "over_max_pending",
+    "over_max_streams",
+    "internal_error",
 )
+
+#: Above this, a ctime is no ctime (year 5138): its first five digits would not be a timecode.
+MAX_CTIME = 1e11
 
 
 class FileAnnouncement(NamedTuple):
@@ -85,8 +95,24 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    """A number that converts to a finite float (NaN, Infinity and ints beyond a float's
+    range are not)."""
+    try:
+        return math.isfinite(v)
+    except (OverflowError, TypeError, ValueError):
+        return False
+
+
 def parse_datagram(raw: bytes) -> Parsed:
-    """Classify one datagram; never raises."""
+    """Classify one datagram; never raises (any bytes, any JSON shape or depth)."""
+    try:
+        return _parse(raw)
+    except Exception as e:  # a bug must cost one datagram, not the agent
+        return Rejected("internal_error", f"{type(e).__name__}: {e}"[:200])
+
+
+def _parse(raw: bytes) -> Parsed:
     if len(raw) > MAX_DATAGRAM_BYTES:
         return Rejected("oversize", f"{len(raw)} bytes > {MAX_DATAGRAM_BYTES}")
     try:
@@ -95,8 +121,10 @@ def parse_datagram(raw: bytes) -> Parsed:
         return Rejected("not_utf8", f"invalid UTF-8 at byte {e.start}")
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except ValueError as e:  # also numbers of more than 4,300 digits
         return Rejected("bad_json", str(e)[:120])
+    except RecursionError:
+        return Rejected("too_deep", "JSON nested too deeply")
     if not isinstance(data, dict):
         return Rejected("not_object", f"JSON {type(data).__name__}, not an object")
     try:
@@ -143,6 +171,10 @@ def _file_announcement(pub_id: str, msg_type: str, payload: Any, raw: bytes) -> 
             return Rejected(
                 "wrong_type", "payload.action must be a string and action_ts a string or number"
             )
+        if _is_number(ts) and not (_finite(ts) and 0 <= ts < MAX_CTIME):
+            return Rejected("non_finite", f"payload.timestamp {str(ts)[:40]} is not a ctime")
+        if _is_number(action_ts) and not _finite(action_ts):
+            return Rejected("non_finite", "payload.action_ts is not a finite number")
     return FileAnnouncement(pub_id, msg_type, archive, payload, raw)
 
 
@@ -159,6 +191,8 @@ def _metadata(pub_id: str, data: dict, payload: Any) -> Parsed:
             "wrong_type" if "time" in data else "missing_field",
             "metadata needs a numeric envelope time",
         )
+    if not _finite(ts):
+        return Rejected("non_finite", "metadata envelope time is not a finite number")
     # The streamer's publisher id is ``STREAMER:<stream_id>``.
     stream_id = pub_id.split(":")[1] if ":" in pub_id else pub_id
     return MetadataMessage(stream_id, payload["path"], payload["value"], float(ts))
