@@ -335,7 +335,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     p.add_argument("--archive-name", default="daq", help="SupRsync archive of the files.")
     p.add_argument(
         "--allowed-root",
-        action="append",
+        action="extend",
+        nargs="+",
         default=None,
         metavar="DIR",
         help="Folder whose files may be registered in SupRsync. Repeatable. Default: the "
@@ -354,7 +355,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     p.add_argument(
         "--http-allow",
-        action="append",
+        action="extend",
+        nargs="+",
         default=None,
         metavar="CIDR",
         help="Network whose clients the web API serves. Repeatable. Default: loopback only.",

@@ -417,7 +417,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--http-allow",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="ADDR_OR_NET",
         help="Client address or network allowed to use the HTTP API (repeatable). "
         "Default: every client that reaches the interface.",
@@ -446,7 +447,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--allowed-root",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="DIR",
         help="Folder whose files may be registered in SupRsync (repeatable). Default: the "
         "archive folder.",

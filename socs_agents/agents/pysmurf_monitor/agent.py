@@ -531,7 +531,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--allowed-root",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="DIR",
         help="Only files under this folder (links resolved) are registered; others are "
         "refused and counted as outside_allowed_root. Repeatable. Default: "

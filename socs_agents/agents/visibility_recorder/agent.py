@@ -527,7 +527,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     )
     pgroup.add_argument(
         "--allowed-root",
-        action="append",
+        action="extend",
+        nargs="+",
         default=None,
         help="Folder whose files may be registered in the SupRsync database (links "
         "resolved); repeat for several. A file outside every one is refused and counted "
