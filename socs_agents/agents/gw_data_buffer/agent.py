@@ -17,7 +17,7 @@ import time
 from ocs import ocs_agent, site_config
 from twisted.internet import reactor, threads
 
-from ...runtime import SerialWorker, reporter
+from ...runtime import SerialWorker, reporter, run_blocking
 from ...runtime.http import ClientAllowList
 from . import rules
 from .http_api import FrontAPI, FrontResource, FrontSite
@@ -359,7 +359,7 @@ class GWDataBuffer:
 
         def close(_=None):
             # drains queued writes (each answered) before the store closes
-            return threads.deferToThread(self._close_workers)
+            return run_blocking(self._close_workers, name="gw-shutdown")
 
         if d is not None:
             return d.addBoth(close)
