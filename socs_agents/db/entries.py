@@ -286,6 +286,22 @@ def check_local_path(path: str) -> str:
     return normpath(path)
 
 
+def add_allowed_root_option(group, default: str) -> None:
+    """``--allowed-root`` for an agent's parser: the same option and text in every agent
+    that registers files (``default`` says what the agent uses without it)."""
+    group.add_argument(
+        "--allowed-root",
+        action="extend",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="Folder whose files may be registered in SupRsync (paths resolved with "
+        "symlinks first); a file outside every one is refused and counted as "
+        "outside_allowed_root. Several may follow one --allowed-root (ocs keeps one "
+        f"site-config entry per option). Default: {default}.",
+    )
+
+
 class AllowedRoots:
     """The folders whose files an agent may register: SupRsync copies a registered file off
     site and may delete it, so nothing else of the host may ever become a row.

@@ -54,6 +54,25 @@ def limited_request_factory(max_body_bytes: int) -> type[server.Request]:
     return LimitedRequest
 
 
+#: the clients an HTTP API serves unless the site-config names others: this host only
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def add_http_allow_option(group, what: str = "the HTTP API") -> None:
+    """``--http-allow`` for an agent's parser: the same option, text and default in every
+    agent that serves HTTP (read it with :meth:`ClientAllowList.from_option`)."""
+    group.add_argument(
+        "--http-allow",
+        action="extend",
+        nargs="+",
+        metavar="CIDR",
+        help=f"Client network or address that {what} serves; others get 403 and are "
+        "counted. Several may follow one --http-allow (ocs keeps one site-config entry per "
+        "option). Default: this host only (127.0.0.0/8 and ::1); add the site network, "
+        "e.g. 10.10.0.0/16, with --http-interface 0.0.0.0 for remote clients.",
+    )
+
+
 class ClientAllowList:
     """Which client addresses may use an HTTP API.
 
@@ -67,6 +86,11 @@ class ClientAllowList:
 
     def __init__(self, entries: Iterable[str] = ()) -> None:
         self.networks = tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries)
+
+    @classmethod
+    def from_option(cls, values: Iterable[str] | None) -> ClientAllowList:
+        """The list of ``--http-allow``: what it names, or :data:`LOOPBACK` when absent."""
+        return cls(values or LOOPBACK)
 
     def __bool__(self) -> bool:
         return bool(self.networks)

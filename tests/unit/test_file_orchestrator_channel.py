@@ -9,7 +9,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 
-from socs_agents.agents.file_orchestrator.http_api import OrchestratorSite, parse_networks
+from socs_agents.agents.file_orchestrator.http_api import OrchestratorSite
+from socs_agents.runtime.http import ClientAllowList
 
 
 class Recording(Resource):
@@ -31,7 +32,7 @@ def connect(peer_host, max_body=1000, allow=("127.0.0.0/8",)):
     site = OrchestratorSite(
         resource,
         max_body_bytes=max_body,
-        allowed_clients=parse_networks(list(allow)),
+        allowed_clients=ClientAllowList(list(allow)),
         on_refusal=lambda path, reason, detail: refusals.append((path, reason)),
     )
     peer = IPv4Address("TCP", peer_host, 40000)

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from socs_agents.agents.file_orchestrator import http_api
 from socs_agents.agents.file_orchestrator.http_api import (
     BadRequest,
     OrchestratorAPI,
@@ -20,16 +19,15 @@ from socs_agents.agents.file_orchestrator.http_api import (
     check_str,
     check_type,
     check_uint,
-    client_allowed,
     complete_args,
     content_type_ok,
     new_file_args,
     parse_body,
-    parse_networks,
     read_next_args,
     remove_file_args,
 )
 from socs_agents.agents.file_orchestrator.state import MAX_ID, DomainError, Refused, State
+from socs_agents.runtime.http import ClientAllowList
 
 json_leaf = st.one_of(
     st.none(),
@@ -193,33 +191,29 @@ def test_local_file_outside_the_roots_is_403_with_a_reason(driven):
 
 # ---- client networks and content types -------------------------------------------------
 
-LOOPBACK = parse_networks(list(http_api.DEFAULT_HTTP_ALLOW))
+LOOPBACK = ClientAllowList.from_option(None)
 
 
 def test_default_networks_are_loopback_only():
-    assert client_allowed("127.0.0.1", LOOPBACK)
-    assert client_allowed("127.9.8.7", LOOPBACK)
-    assert client_allowed("::1", LOOPBACK)
-    assert client_allowed("::ffff:127.0.0.1", LOOPBACK)  # IPv4 on an IPv6 socket
-    assert not client_allowed("10.0.0.1", LOOPBACK)
-    assert not client_allowed("::ffff:10.0.0.1", LOOPBACK)
-    assert not client_allowed("fe80::1%eth0", LOOPBACK)
-    assert not client_allowed("", LOOPBACK)
-    assert not client_allowed("not-an-address", LOOPBACK)
-    daq = parse_networks(["10.73.0.0/16", "192.168.1.7"])
-    assert client_allowed("10.73.4.5", daq) and client_allowed("192.168.1.7", daq)
-    assert not client_allowed("10.74.0.1", daq) and not client_allowed("192.168.1.8", daq)
+    """The orchestrator's --http-allow is the runtime's: loopback unless the site says."""
+    allows = LOOPBACK.allows
+    assert allows("127.0.0.1") and allows("127.9.8.7") and allows("::1")
+    assert allows("::ffff:127.0.0.1")  # IPv4 on an IPv6 socket
+    assert not allows("10.0.0.1") and not allows("::ffff:10.0.0.1")
+    assert not allows("fe80::1%eth0") and not allows("") and not allows("not-an-address")
+    daq = ClientAllowList.from_option(["10.73.0.0/16", "192.168.1.7"])
+    assert daq.allows("10.73.4.5") and daq.allows("192.168.1.7")
+    assert not daq.allows("10.74.0.1") and not daq.allows("192.168.1.8")
     with pytest.raises(ValueError):
-        parse_networks(["10.0.0.0/33"])
+        ClientAllowList(["10.0.0.0/33"])
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.ip_addresses())
 def test_client_check_matches_ipaddress(addr):
-    nets = parse_networks(["10.0.0.0/8", "fd00::/8"])
-    expected = any(addr.version == n.version and addr in n for n in nets)
-    assert client_allowed(str(addr), nets) is expected
-    assert client_allowed(str(addr), ()) is False
+    nets = ClientAllowList(["10.0.0.0/8", "fd00::/8"])
+    expected = any(addr.version == n.version and addr in n for n in nets.networks)
+    assert nets.allows(str(addr)) is expected
     assert isinstance(ipaddress.ip_address(str(addr)), type(addr))
 
 

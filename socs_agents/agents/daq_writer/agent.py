@@ -15,12 +15,13 @@ from ocs import ocs_agent, site_config
 from twisted.internet import reactor
 
 from ...db import SupRsyncDB
-from ...db.entries import AllowedRoots
+from ...db.entries import AllowedRoots, add_allowed_root_option
 from ...runtime import SerialWorker, reporter
+from ...runtime.http import ClientAllowList, add_http_allow_option
 from .engine import SOCKET_TYPES, Busy, EngineConfig, WriteEngine
 from .gaps import ON_GAP_CHOICES
 from .h5file import COMPRESSIONS, hdf5plugin_available
-from .http_api import DEFAULT_ALLOW, SYNC_TIMEOUT_S, WriterAPI, WriterResource
+from .http_api import SYNC_TIMEOUT_S, WriterAPI, WriterResource
 from .outcomes import OutcomeStore
 from .requests import DEFAULT_IMAGE_BYTES, DEFAULT_RESERVE_BYTES, RequestRefused, WriterLimits
 
@@ -217,7 +218,7 @@ class DAQWriter:
         api = WriterAPI(
             self.engine,
             self.args.default_timeout,
-            allow=self.args.http_allow or DEFAULT_ALLOW,
+            allow=ClientAllowList.from_option(self.args.http_allow),
             sync_timeout=self.args.sync_timeout,
         )
         resource = WriterResource(
@@ -333,15 +334,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         "'none' to write files without registering them.",
     )
     p.add_argument("--archive-name", default="daq", help="SupRsync archive of the files.")
-    p.add_argument(
-        "--allowed-root",
-        action="extend",
-        nargs="+",
-        default=None,
-        metavar="DIR",
-        help="Folder whose files may be registered in SupRsync. Repeatable. Default: the "
-        "data root.",
-    )
+    add_allowed_root_option(p, "the --data-root")
     p.add_argument(
         "--http-port",
         type=int,
@@ -353,14 +346,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         default="127.0.0.1",
         help="Address the web API binds (loopback unless told otherwise).",
     )
-    p.add_argument(
-        "--http-allow",
-        action="extend",
-        nargs="+",
-        default=None,
-        metavar="CIDR",
-        help="Network whose clients the web API serves. Repeatable. Default: loopback only.",
-    )
+    add_http_allow_option(p, "the web API")
     p.add_argument(
         "--sync-timeout",
         type=float,

@@ -12,7 +12,6 @@ error is an HTTP error status (the one table :data:`HTTP_STATUS`) with the JSON 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import time
@@ -23,13 +22,13 @@ from twisted.internet import defer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ...runtime.http import LOOPBACK, ClientAllowList
 from .engine import ABORTED, COMPLETED, TIMEOUT, Acquisition, Busy, WriteEngine
 from .requests import RequestRefused
 
 #: Longest wait of write_sync (the reference's): then 202 and the acquisition goes on.
 SYNC_TIMEOUT_S = 60.0
 STOP_WAIT_S = 5.0
-DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 
 
 class BadBody(ValueError):
@@ -135,22 +134,16 @@ class WriterAPI:
         self,
         engine: WriteEngine,
         default_timeout: float,
-        allow: Iterable[str] = DEFAULT_ALLOW,
+        allow: ClientAllowList | Iterable[str] = LOOPBACK,
         sync_timeout: float = SYNC_TIMEOUT_S,
     ) -> None:
         self.engine = engine
         self.default_timeout = default_timeout
-        self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
+        self.allow = allow if isinstance(allow, ClientAllowList) else ClientAllowList(allow)
         self.sync_timeout = sync_timeout
 
     def allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if getattr(address, "ipv4_mapped", None):
-            address = address.ipv4_mapped
-        return any(address in net for net in self.allow)
+        return self.allow.allows(host)
 
     def error(self, key, message: str, **extra) -> Answer:
         return Answer(HTTP_STATUS[key], {"status": "error", "message": message, **extra})

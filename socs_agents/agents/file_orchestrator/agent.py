@@ -24,11 +24,11 @@ from twisted.internet import defer, reactor, task
 
 from ... import runtime
 from ...argtypes import str2bool
-from ...db.entries import AllowedRoots, BadFileEntry
+from ...db.entries import AllowedRoots, BadFileEntry, add_allowed_root_option
+from ...runtime.http import ClientAllowList, add_http_allow_option
 from .counters import Faults
 from .discovery import Discovery
 from .http_api import (
-    DEFAULT_HTTP_ALLOW,
     DEFAULT_TEMP_SUFFIXES,
     MAX_BODY_BYTES,
     OrchestratorAPI,
@@ -36,7 +36,6 @@ from .http_api import (
     OrchestratorSite,
     complete_args,
     error_answer,
-    parse_networks,
     read_next_args,
     remove_file_args,
 )
@@ -82,7 +81,7 @@ class FileOrchestrator:
         roots = args.allowed_root or self.volumes
         #: where local files may lie (links resolved); None: no local file may be taken
         self.allowed = AllowedRoots(roots) if roots else None
-        self.allowed_clients = parse_networks(args.http_allow or DEFAULT_HTTP_ALLOW)
+        self.allowed_clients = ClientAllowList.from_option(args.http_allow)
         t0 = time.perf_counter()
         self.service = StateService(
             lambda: State(
@@ -716,18 +715,12 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         "files found on the volumes belong to it. Default: the host name.",
     )
     pgroup.add_argument(
-        "--http-interface", default="0.0.0.0", help="Interface address for the HTTP API."
+        "--http-interface",
+        default="127.0.0.1",
+        help="Interface address for the HTTP API: this host only unless told otherwise "
+        "(0.0.0.0 with --http-allow for remote Dispatchers).",
     )
-    pgroup.add_argument(
-        "--http-allow",
-        action="extend",
-        nargs="+",
-        metavar="CIDR",
-        help="Client network (or address) the HTTP API serves; others get 403. "
-        "Several may follow one --http-allow. Default: this host only (127.0.0.0/8 and "
-        "::1): add the DAQ "
-        "network, e.g. 10.73.0.0/16, for remote Dispatchers.",
-    )
+    add_http_allow_option(pgroup)
     pgroup.add_argument(
         "--max-body-bytes",
         type=int,
@@ -735,14 +728,10 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         help="Largest request body; a larger Content-Length is answered 413 before the "
         "body is read. Default 32 MiB (a file of 100,000 records is about 1.5 MB).",
     )
-    pgroup.add_argument(
-        "--allowed-root",
-        action="extend",
-        nargs="+",
-        metavar="DIR",
-        help="Folder whose files of this host may be announced (POST /new-file, new_file) "
-        "and registered in SupRsync; paths are resolved with symlinks first. "
-        "Several may follow one --allowed-root. Default: the --volume folders.",
+    add_allowed_root_option(
+        pgroup,
+        "the --volume folders (files of this host announced over HTTP or by new_file "
+        "are checked too)",
     )
     pgroup.add_argument(
         "--http-port",

@@ -16,7 +16,6 @@ is answered, so answers stay in order per connection.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from ...runtime.http import ClientAllowList
 from .page import status_page
 from .state import (
     MAX_ID,
@@ -45,7 +45,6 @@ from .state import (
 #: Bodies larger than this are refused (a file of 100,000 records is about 1.5 MB).
 MAX_BODY_BYTES = 32 << 20
 #: Client networks served by default: this host only.
-DEFAULT_HTTP_ALLOW = ("127.0.0.0/8", "::1/128")
 #: Content types taken for a JSON body (curl -d sends form-urlencoded, as the README does);
 #: no Content-Type at all is taken too.
 JSON_CONTENT_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
@@ -362,32 +361,6 @@ class OrchestratorAPI:
         return state.complete(**complete_args(parse_body(raw)))
 
 
-# ---- client networks -------------------------------------------------------------------
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(texts: list[str] | tuple[str, ...]) -> tuple[Network, ...]:
-    """``--http-allow`` values (CIDR or single addresses) as networks.
-
-    Raises:
-        ValueError: a value that is no network.
-    """
-    return tuple(ipaddress.ip_network(t.strip(), strict=False) for t in texts)
-
-
-def client_allowed(host: str, networks: tuple[Network, ...]) -> bool:
-    """Whether the client address ``host`` lies in one of ``networks`` (an IPv4 client on
-    an IPv6 socket, ``::ffff:a.b.c.d``, is taken as its IPv4 address)."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False  # not an IP client (a UNIX socket): refused
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == net.version and addr in net for net in networks)
-
-
 def content_type_ok(value: bytes | None) -> bool:
     """Whether a request's Content-Type may hold a JSON body (absent is fine)."""
     if value is None:
@@ -530,7 +503,7 @@ class OrchestratorRequest(Request):
         site = self.channel.site
         host = getattr(self.getClientAddress(), "host", "")
         ctype = self.requestHeaders.getRawHeaders(b"content-type", [None])[0]
-        if site.allowed_clients is not None and not client_allowed(host, site.allowed_clients):
+        if site.allowed_clients is not None and not site.allowed_clients.allows(host):
             self._refuse_early(ClientNotAllowed(f"client {host} is not allowed"))
         elif length is not None and length > site.max_body_bytes:
             self._refuse_early(BodyTooLarge(f"body of {length} bytes over {site.max_body_bytes}"))
@@ -601,7 +574,7 @@ class OrchestratorSite(Site):
         resource: Resource,
         timeout: float = 12 * 3600,
         max_body_bytes: int = MAX_BODY_BYTES,
-        allowed_clients: tuple[Network, ...] | None = None,
+        allowed_clients: ClientAllowList | None = None,
         on_refusal: OnRefusal | None = None,
     ) -> None:
         super().__init__(resource, timeout=timeout)

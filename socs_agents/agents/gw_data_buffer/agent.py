@@ -17,8 +17,9 @@ import time
 from ocs import ocs_agent, site_config
 from twisted.internet import reactor, threads
 
+from ...db.entries import add_allowed_root_option
 from ...runtime import SerialWorker, reporter, run_blocking
-from ...runtime.http import ClientAllowList
+from ...runtime.http import ClientAllowList, add_http_allow_option
 from . import rules
 from .http_api import FrontAPI, FrontResource, FrontSite
 from .service import BufferConfig, BufferService, archive_remote_dir
@@ -76,7 +77,7 @@ class GWDataBuffer:
             with open(args.token_file) as f:
                 tokens = rules.TokenSet.parse(f.read())
             self.log.info("token file {p}: {n} token(s) accepted", p=args.token_file, n=len(tokens))
-        self.allow = ClientAllowList(args.http_allow or ())
+        self.allow = ClientAllowList.from_option(args.http_allow)
         archive_dir = args.archive_dir or os.path.join(
             os.path.dirname(os.path.abspath(args.data_dir).rstrip("/")), "archive"
         )
@@ -415,14 +416,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     pgroup.add_argument(
         "--http-port", type=int, default=8000, help="Port of the HTTP API (the reference's)."
     )
-    pgroup.add_argument(
-        "--http-allow",
-        action="extend",
-        nargs="+",
-        metavar="ADDR_OR_NET",
-        help="Client address or network allowed to use the HTTP API (repeatable). "
-        "Default: every client that reaches the interface.",
-    )
+    add_http_allow_option(pgroup)
     pgroup.add_argument(
         "--max-body",
         type=int,
@@ -445,14 +439,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     pgroup.add_argument(
         "--archive-name", default="gw", help="SupRsync archive of the registered batches."
     )
-    pgroup.add_argument(
-        "--allowed-root",
-        action="extend",
-        nargs="+",
-        metavar="DIR",
-        help="Folder whose files may be registered in SupRsync (repeatable). Default: the "
-        "archive folder.",
-    )
+    add_allowed_root_option(pgroup, "the --archive-dir")
     pgroup.add_argument(
         "--monitor-interval",
         type=float,

@@ -18,7 +18,7 @@ from twisted.internet import reactor, task, udp
 from twisted.internet.protocol import DatagramProtocol
 
 from ...argtypes import str2bool
-from ...db.entries import AllowedRoots
+from ...db.entries import AllowedRoots, add_allowed_root_option
 from ...db.suprsync import SupRsyncDB
 from ...runtime import RateLimit, reporter, run_blocking, start_logging
 from .journal import Journal, default_journal_dir
@@ -529,16 +529,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         default=2,
         help="Threads computing md5 sums of files over 16 MiB.",
     )
-    pgroup.add_argument(
-        "--allowed-root",
-        action="extend",
-        nargs="+",
-        metavar="DIR",
-        help="Only files under this folder (links resolved) are registered; others are "
-        "refused and counted as outside_allowed_root. Repeatable. Default: "
-        + " and ".join(DEFAULT_ALLOWED_ROOTS)
-        + ".",
-    )
+    add_allowed_root_option(pgroup, " and ".join(DEFAULT_ALLOWED_ROOTS))
     pgroup.add_argument(
         "--max-pending",
         type=int,

@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor
 
 from ... import runtime
 from ...db import SupRsyncDB
-from ...db.entries import AllowedRoots
+from ...db.entries import AllowedRoots, add_allowed_root_option
 from .contract import (
     CONTROL_PRIVS,
     DIRECT_PROCEDURE,
@@ -525,15 +525,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         default="/data/drv",
         help="Folder of the recordings (one sub-folder per recording).",
     )
-    pgroup.add_argument(
-        "--allowed-root",
-        action="extend",
-        nargs="+",
-        default=None,
-        help="Folder whose files may be registered in the SupRsync database (links "
-        "resolved); repeat for several. A file outside every one is refused and counted "
-        "(n_outside_allowed_root). Default: the --data-dir.",
-    )
+    add_allowed_root_option(pgroup, "the --data-dir")
     pgroup.add_argument(
         "--integration-time",
         type=finite_arg(float),
