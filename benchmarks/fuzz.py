@@ -593,7 +593,221 @@ class FilesSurface(HttpSurface):
                 self.alive_check()
 
 
-SURFACES = {"udp": UdpSurface, "http": HttpSurface, "ocs": OcsSurface, "files": FilesSurface}
+# ---- GWDataBuffer: HTTP ------------------------------------------------------------------
+
+GW_ENDPOINTS = [
+    "/streamdata",
+    "/streamdata",
+    "/streamdata",
+    "/train",
+    "/cleanbuf",
+    "/stats",
+    "/dumpbuf",
+    "/desc",
+    "/dspage",
+    "/nope",
+]
+
+
+class GwSurface(HttpSurface):
+    name = "GWDataBuffer HTTP API"
+
+    def start(self) -> None:
+        self.http_port = free_port()
+        token_file = os.path.join(self.workdir, "tokens")
+        with open(token_file, "w") as f:
+            f.write("a-token-the-fuzz-never-sends\n")
+        self.data_dir = os.path.join(self.workdir, "gw", "datavar")
+        self.site.add_instance(
+            "GWDataBuffer",
+            "fuzz-gw",
+            [
+                ["--data-dir", self.data_dir],
+                ["--archive-dir", os.path.join(self.workdir, "gw", "archive")],
+                ["--state-db", os.path.join(self.workdir, "gw.db")],
+                ["--http-port", self.http_port],
+                ["--token-file", token_file],
+                ["--max-size", 10_000_000],
+            ],
+        )
+        self.agent = self.site.start_agent("fuzz-gw")
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+
+    def get(self, path: str) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        conn.request("GET", path)
+        body = json.loads(conn.getresponse().read())
+        conn.close()
+        return body
+
+    def state(self) -> object:
+        return self.get("/stats"), self.get("/desc"), len(os.listdir(self.data_dir))
+
+    def counters(self) -> dict:
+        return {}
+
+    def strain_body(self) -> bytes:
+        """h and t with at least one defect each time: the body is never a valid write."""
+        rng = self.rng
+        h = [rng.uniform(-1e-21, 1e-21) for _ in range(rng.randrange(0, 50))]
+        t = [1.4e9, 1.0 / 4096]
+        defect = rng.randrange(8)
+        if defect == 0 or not h:
+            h = []
+        elif defect == 1:
+            h[rng.randrange(len(h))] = rng.choice([float("nan"), float("inf"), -float("inf")])
+        elif defect == 2:
+            h[rng.randrange(len(h))] = random_scalar(rng) if rng.random() < 0.5 else "1e-21"
+        elif defect == 3:
+            t = [1.4e9, rng.choice([0, -1.0, float("nan"), "x"])]
+        elif defect == 4:
+            t = random_json(rng)
+        elif defect == 5:
+            return dumps({"h": h})
+        elif defect == 6:
+            h = [h]
+        else:
+            return dumps({"h": h, "t": t})[:-1]  # truncated
+        return dumps({"h": h, "t": t})
+
+    def body_for(self, path: str) -> bytes:
+        rng = self.rng
+        if path == "/streamdata" and rng.random() < 0.7:
+            return self.strain_body()
+        if path in ("/train", "/cleanbuf") and rng.random() < 0.5:
+            return dumps(
+                {
+                    "user": random_scalar(rng),
+                    "token": rng.choice(["", "airflow", random_scalar(rng)]),
+                    "msg": random_scalar(rng),
+                }
+            )
+        return generic_body(rng, 100_000)
+
+    def send(self, count: int) -> None:
+        rng = self.rng
+        for i in range(count):
+            path = rng.choice(GW_ENDPOINTS)
+            method = "GET" if path in ("/stats", "/dumpbuf", "/desc", "/dspage") else "POST"
+            if rng.random() < 0.1:
+                method = rng.choice(["GET", "PUT", "DELETE", "POST"])
+            body = b"" if method == "GET" else self.body_for(path)
+            status, raw = self.request(method, path, body, {"Content-Type": "application/json"})
+            if status >= 500:
+                self.crashes[f"HTTP {status}"] += 1
+            reason = ""
+            try:
+                answer = json.loads(raw)
+                if isinstance(answer, dict):
+                    reason = str(
+                        answer.get("reason")
+                        or answer.get("resp")
+                        or answer.get("error")
+                        or answer.get("detail")
+                        or ""
+                    )
+            except ValueError:
+                pass
+            if status == 200 and path == "/streamdata" and "CREATED" in reason:
+                self.accepted += 1
+            self.refused[f"{status} {reason[:30]}".strip()] += 1
+            if i % 20000 == 19999:
+                self.alive_check()
+
+
+# ---- DAQWriter: OCS task parameters --------------------------------------------------------
+
+
+class DaqSurface(OcsSurface):
+    name = "DAQWriter task parameters"
+
+    def start(self) -> None:
+        self.root = os.path.join(self.workdir, "daq")
+        os.makedirs(self.root, exist_ok=True)
+        self.existing = os.path.join(self.root, "existing.h5")
+        with open(self.existing, "wb") as f:
+            f.write(b"not overwritten")
+        self.outcomes = os.path.join(self.workdir, "daq.db")
+        self.site.add_instance(
+            "DAQWriter",
+            "fuzz-daq",
+            [
+                ["--stream-url", f"tcp://127.0.0.1:{free_port()}"],
+                ["--data-root", self.root],
+                ["--state-db", self.outcomes],
+                ["--suprsync-db", "none"],
+                ["--http-port", free_port()],
+                ["--access-policy", f"override:{FUZZ_PW2},fuzz-pw3"],
+            ],
+        )
+        self.agent = self.site.start_agent("fuzz-daq")
+        self.caller = WampCaller(self.site)
+        self.uri = f"{self.site.hub_section['address_root']}.fuzz-daq.ops"
+        self.targets = outside_targets(self.workdir, self.root) + [
+            self.existing,
+            os.path.join(self.root, "no", "such", "dir", "f.h5"),
+            self.root,
+        ]
+
+    def state(self) -> object:
+        files = sorted(os.listdir(self.root))
+        with sqlite3.connect(self.outcomes) as con:
+            tables = [
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            rows = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+        return files, rows
+
+    def params(self, op: str) -> dict:
+        rng = self.rng
+        out = {
+            "n_images": hostile_number(rng) if rng.random() < 0.7 else random_scalar(rng),
+            "output_file": rng.choice(self.targets) if rng.random() < 0.8 else random_scalar(rng),
+        }
+        if rng.random() < 0.5:
+            out["timeout"] = hostile_number(rng)
+        if rng.random() < 0.3:
+            out["run_id"] = random_json(rng)
+        for key in rng.sample(sorted(out), rng.randrange(0, 2)):
+            del out[key]
+        return out
+
+    def send(self, count: int) -> None:
+        for i in range(count):
+            params = self.params("write")
+            try:
+                reply = self.caller.call(self.uri, "start", "write", params, None, FUZZ_PW2)
+            except Exception as e:
+                self.refused[f"not sendable: {type(e).__name__}"] += 1
+                continue
+            code, message = reply[0], str(reply[1])
+            if "Traceback" in message or "OverflowError" in message:
+                self.crashes["traceback in answer"] += 1
+            if code == 0:
+                # the task started: its checks inside refuse the request; wait for the answer
+                try:
+                    done = self.caller.call(self.uri, "wait", "write", None, 10, FUZZ_PW2)
+                    session = done[2] if len(done) > 2 else {}
+                    if session.get("success"):
+                        self.accepted += 1
+                    msgs = [m for _, m in session.get("messages", [])[-1:]]
+                    self.refused[" ".join(" ".join(msgs).split()[:5])[:50] or "ended"] += 1
+                except Exception as e:
+                    self.refused[f"wait failed: {type(e).__name__}"] += 1
+            else:
+                self.refused[" ".join(message.split()[:5])[:50]] += 1
+            if i % 20000 == 19999:
+                self.alive_check()
+
+
+SURFACES = {
+    "udp": UdpSurface,
+    "http": HttpSurface,
+    "ocs": OcsSurface,
+    "files": FilesSurface,
+    "gw": GwSurface,
+    "daq": DaqSurface,
+}
 
 
 def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> list[str]:
