@@ -107,8 +107,8 @@ def dumps(value) -> bytes:
 
 
 def deep_nesting(rng: random.Random, limit: int) -> bytes:
-    n = rng.randrange(100, limit // 2)
     open_, close = rng.choice([("[", "]"), ('{"a":', "}")])
+    n = rng.randrange(100, (limit - 1) // (len(open_) + len(close)))
     return (open_ * n + "1" + close * n).encode()
 
 
@@ -264,7 +264,7 @@ class UdpSurface(Surface):
 
     def state(self) -> object:
         data = self.status()
-        return suprsync_rows(self.db), data.get("counters", {}).get("registered")
+        return suprsync_rows(self.db), data.get("counters", {}).get("registered") or 0
 
     def counters(self) -> dict:
         return self.status()
@@ -790,7 +790,11 @@ class DaqSurface(OcsSurface):
                     session = done[2] if len(done) > 2 else {}
                     if session.get("success"):
                         self.accepted += 1
-                    msgs = [m for _, m in session.get("messages", [])[-1:]]
+                    msgs = [
+                        m
+                        for _, m in session.get("messages", [])
+                        if not m.startswith("Status is now")
+                    ][-1:]
                     self.refused[" ".join(" ".join(msgs).split()[:5])[:50] or "ended"] += 1
                 except Exception as e:
                     self.refused[f"wait failed: {type(e).__name__}"] += 1
