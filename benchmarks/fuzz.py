@@ -498,10 +498,16 @@ class OcsSurface(Surface):
     def params(self, op: str) -> dict:
         rng = self.rng
         out = {}
-        for key in self.OP_KEYS[op]:
-            if rng.random() < 0.2:
+        keys = self.OP_KEYS[op]
+        # at least one hostile value each time: a request with every value missing or valid
+        # is a real one (a sync would wait its 2 s timeout on this machine's absent server)
+        hostile = rng.choice(keys)
+        for key in keys:
+            if key != hostile and rng.random() < 0.2:
                 continue
-            value = hostile_number(rng) if rng.random() < 0.6 else random_scalar(rng)
+            value = (
+                hostile_number(rng) if key == hostile or rng.random() < 0.6 else random_scalar(rng)
+            )
             if isinstance(value, float) and not math.isfinite(value) and rng.random() < 0.5:
                 value = str(value)  # what a JSON client without NaN support sends
             out[key] = value
@@ -657,11 +663,12 @@ class GwSurface(HttpSurface):
         elif defect == 1:
             h[rng.randrange(len(h))] = rng.choice([float("nan"), float("inf"), -float("inf")])
         elif defect == 2:
-            h[rng.randrange(len(h))] = random_scalar(rng) if rng.random() < 0.5 else "1e-21"
+            # not a number: ints and floats of any size are samples the buffer must take
+            h[rng.randrange(len(h))] = rng.choice([None, "1e-21", [], {}, True, "x"])
         elif defect == 3:
             t = [1.4e9, rng.choice([0, -1.0, float("nan"), "x"])]
         elif defect == 4:
-            t = random_json(rng)
+            t = rng.choice([None, [], [1.4e9], "t", {"t0": 1.4e9}, [1.4e9, "dt"]])
         elif defect == 5:
             return dumps({"h": h})
         elif defect == 6:
