@@ -580,26 +580,32 @@ def test_a_write_locked_state_database_stalls_nothing_and_loses_nothing(orch):
         wait_for(
             lambda: stats.stats()[1]["state"]["lock_waiting_s"] > 0, 5, "a job held by the lock"
         )
-        worst_stats = worst_status = 0.0
-        n = 0
+        stats_s, status_s = [], []
         while time.monotonic() - locked_at < 10:
             t0 = time.perf_counter()
             status, body = stats.stats()
-            worst_stats = max(worst_stats, time.perf_counter() - t0)
+            stats_s.append(time.perf_counter() - t0)
             assert status == 200 and body["counts"] == before
             t0 = time.perf_counter()
             watch = client.watch.status().session
-            worst_status = max(worst_status, time.perf_counter() - t0)
+            status_s.append(time.perf_counter() - t0)
             assert watch["data"]["counts"] == before
-            n += 1
             time.sleep(0.1)
-        assert n >= 20
+        assert len(stats_s) >= 20
+        stats_s.sort()
+        status_s.sort()
         print(
-            f"during a 10 s lock: worst GET /stats {worst_stats * 1e3:.1f} ms, "
-            f"worst OCS status {worst_status * 1e3:.1f} ms ({n} each)"
+            f"during a 10 s lock: GET /stats median {stats_s[len(stats_s) // 2] * 1e3:.1f} ms, "
+            f"worst {stats_s[-1] * 1e3:.1f} ms; OCS status median "
+            f"{status_s[len(status_s) // 2] * 1e3:.1f} ms, worst {status_s[-1] * 1e3:.1f} ms "
+            f"({len(stats_s)} each)"
         )
-        assert worst_stats < 0.05, f"GET /stats took {worst_stats * 1e3:.1f} ms during the lock"
-        assert worst_status < 0.05, f"OCS status took {worst_status * 1e3:.1f} ms during the lock"
+        # Nine answers in ten within 50 ms, and none waiting for the lock: the test shares
+        # two cores with the hub and the agent, so one scheduling delay may exceed 50 ms.
+        for what, times in (("GET /stats", stats_s), ("OCS status", status_s)):
+            p90 = times[int(len(times) * 0.9)]
+            assert p90 < 0.05, f"{what}: 90 % took up to {p90 * 1e3:.1f} ms during the lock"
+            assert times[-1] < 1.0, f"{what} waited {times[-1]:.1f} s during the lock"
         assert not answers, answers  # nothing answered while locked
         assert all(t.is_alive() for t in threads)
     finally:

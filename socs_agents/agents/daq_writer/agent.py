@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from ocs import ocs_agent, site_config
+from ocs import ocs_agent
 from twisted.internet import reactor
 
 from ...db import SupRsyncDB
 from ...db.entries import AllowedRoots, add_allowed_root_option
-from ...runtime import SerialWorker, reporter
+from ...runtime import SerialWorker
 from ...runtime.http import ClientAllowList, add_http_allow_option
+from ..shell import CONTROL_PRIVS, AgentShell, Operation, agent_options, run_agent, task
 from .engine import SOCKET_TYPES, Busy, EngineConfig, WriteEngine
 from .gaps import ON_GAP_CHOICES
 from .h5file import COMPRESSIONS, hdf5plugin_available
@@ -27,25 +28,19 @@ from .requests import DEFAULT_IMAGE_BYTES, DEFAULT_RESERVE_BYTES, RequestRefused
 
 FEED = "daq_writer"
 #: Credential level of the operations that change state (write and its abort).
-CONTROL_PRIVS = 2
 PROGRESS_INTERVAL_S = 0.5
 #: Outcome fields published to the feed (numbers and strings only).
 FEED_FIELDS = ("n_images", "n_written", "n_gaps", "n_missing", "n_bad_status", "n_bad_frames")
 
 
-class DAQWriter:
-    """Writes the next N detector images of a ZeroMQ stream into an HDF5 file per request.
+class DAQWriter(AgentShell):
+    """Writes the next N detector images of a ZeroMQ stream into an HDF5 file per request."""
 
-    Args:
-        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
-        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
-    """
+    agent_class = "DAQWriter"
 
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
-        self.agent = agent
-        self.log = agent.log
-        self.args = args
-        report = reporter(agent.log)
+        super().__init__(agent, args)
+        report = self.report
         if args.compression != "none" and not hdf5plugin_available():
             raise SystemExit(
                 f"--compression {args.compression} needs the hdf5plugin package "
@@ -172,6 +167,15 @@ class DAQWriter:
         self.engine.stop("through OCS: abort of the write task")
         return True, "abort requested"
 
+    def operations(self) -> list[Operation]:
+        return [
+            task("write", self.write, aborter=self._abort_write, min_privs=CONTROL_PRIVS),
+            task("status", self.status, blocking=False),
+        ]
+
+    def begin(self) -> None:
+        self.listen()
+
     def status(self, session, params=None):
         """status()
 
@@ -254,9 +258,7 @@ class DAQWriter:
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    if parser is None:
-        parser = argparse.ArgumentParser()
-    p = parser.add_argument_group("Agent Options")
+    parser, p = agent_options(parser)
     p.add_argument(
         "--stream-url",
         default="tcp://127.0.0.1:8300",
@@ -357,15 +359,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
-    parser = make_parser()
-    args = site_config.parse_args(agent_class="DAQWriter", parser=parser, args=args)
-    agent, runner = ocs_agent.init_site_agent(args)
-    writer = DAQWriter(agent, args)
-    agent.register_task("write", writer.write, aborter=writer._abort_write, min_privs=CONTROL_PRIVS)
-    agent.register_task("status", writer.status, blocking=False)
-    writer.listen()
-    reactor.addSystemEventTrigger("before", "shutdown", writer.shutdown)
-    runner.run(agent, auto_reconnect=True)
+    run_agent(DAQWriter, make_parser, args)
 
 
 if __name__ == "__main__":

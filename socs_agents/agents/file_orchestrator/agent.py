@@ -19,13 +19,24 @@ import socket
 import threading
 import time
 
-from ocs import ocs_agent, site_config
-from twisted.internet import defer, reactor, task
+from ocs import ocs_agent
+from twisted.internet import defer, reactor
+from twisted.internet.task import LoopingCall
 
 from ... import runtime
 from ...argtypes import str2bool
 from ...db.entries import AllowedRoots, BadFileEntry, add_allowed_root_option
 from ...runtime.http import ClientAllowList, add_http_allow_option
+from ..shell import (
+    CONTROL_PRIVS,
+    AgentShell,
+    Operation,
+    agent_options,
+    process,
+    run_agent,
+    stopper_for,
+    task,
+)
 from .counters import Faults
 from .discovery import Discovery
 from .http_api import (
@@ -60,19 +71,13 @@ DISCOVERY_FAULTS = ("add_failed", "errors", "inbox_full", "refused_memory_full")
 MAX_REGISTER_QUEUE = 1000
 
 
-class FileOrchestrator:
-    """The orchestrator: HTTP API, volume watcher and the state machine behind both.
+class FileOrchestrator(AgentShell):
+    """The orchestrator: HTTP API, volume watcher and the state machine behind both."""
 
-    Args:
-        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
-        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
-    """
+    agent_class = "FileOrchestrator"
 
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
-        self.agent = agent
-        self.log = agent.log
-        self.report = runtime.reporter(self.log)
-        self.args = args
+        super().__init__(agent, args)
         self.host_name = args.host_name or socket.gethostname()
         self.volumes = [os.path.abspath(v) for v in (args.volume or [])]
         self.patterns = [p for p in args.pattern.split(",") if p]
@@ -120,7 +125,7 @@ class FileOrchestrator:
         self._watch_stop = threading.Event()
         self._expiring = False
         self._stopped = False
-        self._loops: list[task.LoopingCall] = []
+        self._loops: list[LoopingCall] = []
         self.agent.register_feed(
             COUNTS_FEED, record=True, agg_params={"frame_length": 60}, buffer_time=1
         )
@@ -161,7 +166,7 @@ class FileOrchestrator:
             (self._publish_counts, self.args.feed_interval, True),
             (self._register_done_files, self.args.register_retry_interval, True),
         ):
-            loop = task.LoopingCall(fn)
+            loop = LoopingCall(fn)
             d = loop.start(every, now=now)
             d.addErrback(
                 lambda f, name=fn.__name__: self.log.error(
@@ -650,10 +655,23 @@ class FileOrchestrator:
             session.data = self._stats_now()
         return True, "Stopped watching."
 
-    def _stop_watch(self, session, params):
-        session.set_status("stopping")
-        self._watch_stop.set()
-        return True, "Stopping the watch."
+    def operations(self) -> list[Operation]:
+        # tasks that change the state need credential level 2; reading stays level 1
+        changes = ("new_file", "remove_file", "request_record", "read_next", "complete", "reset")
+        return [
+            *(task(name, getattr(self, name), min_privs=CONTROL_PRIVS) for name in changes),
+            task("stats", self.stats),
+            process(
+                "watch",
+                self.watch,
+                stopper_for(self._watch_stop, "Stopping the watch."),
+                startup=bool(self.volumes) and not self.args.test_mode,
+            ),
+        ]
+
+    def begin(self) -> None:
+        self.listen()
+        self.start_loops()
 
     # ---- shutdown ------------------------------------------------------------------------
 
@@ -684,9 +702,7 @@ class FileOrchestrator:
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    if parser is None:
-        parser = argparse.ArgumentParser()
-    pgroup = parser.add_argument_group("Agent Options")
+    parser, pgroup = agent_options(parser)
     pgroup.add_argument(
         "--volume",
         action="extend",
@@ -818,22 +834,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
-    runtime.start_logging()
-    parser = make_parser()
-    args = site_config.parse_args(agent_class="FileOrchestrator", parser=parser, args=args)
-    agent, runner = ocs_agent.init_site_agent(args)
-    orch = FileOrchestrator(agent, args)
-    # tasks that change the state need credential level 2; reading stays level 1
-    for name in ("new_file", "remove_file", "request_record", "read_next", "complete", "reset"):
-        agent.register_task(name, getattr(orch, name), min_privs=2)
-    agent.register_task("stats", orch.stats)
-    agent.register_process(
-        "watch", orch.watch, orch._stop_watch, startup=bool(orch.volumes) and not args.test_mode
-    )
-    orch.listen()
-    orch.start_loops()
-    reactor.addSystemEventTrigger("before", "shutdown", orch.shutdown)
-    runner.run(agent, auto_reconnect=True)
+    run_agent(FileOrchestrator, make_parser, args)
 
 
 if __name__ == "__main__":

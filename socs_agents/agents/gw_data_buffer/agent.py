@@ -14,12 +14,22 @@ import os
 import threading
 import time
 
-from ocs import ocs_agent, site_config
+from ocs import ocs_agent
 from twisted.internet import reactor, threads
 
 from ...db.entries import add_allowed_root_option
-from ...runtime import SerialWorker, reporter, run_blocking
+from ...runtime import SerialWorker, run_blocking
 from ...runtime.http import ClientAllowList, add_http_allow_option
+from ..shell import (
+    CONTROL_PRIVS,
+    AgentShell,
+    Operation,
+    agent_options,
+    process,
+    run_agent,
+    stopper_for,
+    task,
+)
 from . import rules
 from .http_api import FrontAPI, FrontResource, FrontSite
 from .service import BufferConfig, BufferService, archive_remote_dir
@@ -59,19 +69,13 @@ def refusal_fields(refusals: dict) -> dict:
     return out
 
 
-class GWDataBuffer:
-    """The data buffer: HTTP front, store, freeze and clean, SupRsync registration.
+class GWDataBuffer(AgentShell):
+    """The data buffer: HTTP front, store, freeze and clean, SupRsync registration."""
 
-    Args:
-        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
-        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
-    """
+    agent_class = "GWDataBuffer"
 
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
-        self.agent = agent
-        self.log = agent.log
-        self.args = args
-        self.report = reporter(agent.log)
+        super().__init__(agent, args)
         tokens = None
         if args.token_file:
             with open(args.token_file) as f:
@@ -344,10 +348,22 @@ class GWDataBuffer:
                 break
         return True, "monitor stopped"
 
-    def _stop_monitor(self, session, params=None):
-        self._monitor_stop.set()
-        session.set_status("stopping")
-        return True, "Stopping the monitor."
+    def operations(self) -> list[Operation]:
+        return [
+            task("freeze", self.freeze, min_privs=CONTROL_PRIVS),
+            task("clean", self.clean, min_privs=CONTROL_PRIVS),
+            task("stats", self.stats),
+            process(
+                "monitor",
+                self.monitor,
+                stopper_for(self._monitor_stop, "Stopping the monitor."),
+                startup=not self.args.test_mode,
+            ),
+        ]
+
+    def begin(self) -> None:
+        self.listen()
+        self.register_pending()
 
     # ---- shutdown ------------------------------------------------------------------------
 
@@ -375,9 +391,7 @@ class GWDataBuffer:
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    if parser is None:
-        parser = argparse.ArgumentParser()
-    pgroup = parser.add_argument_group("Agent Options")
+    parser, pgroup = agent_options(parser)
     pgroup.add_argument(
         "--data-dir",
         default="/data/gw/datavar",
@@ -458,20 +472,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
-    parser = make_parser()
-    args = site_config.parse_args(agent_class="GWDataBuffer", parser=parser, args=args)
-    agent, runner = ocs_agent.init_site_agent(args)
-    buffer = GWDataBuffer(agent, args)
-    agent.register_task("freeze", buffer.freeze, min_privs=2)
-    agent.register_task("clean", buffer.clean, min_privs=2)
-    agent.register_task("stats", buffer.stats)
-    agent.register_process(
-        "monitor", buffer.monitor, buffer._stop_monitor, startup=not args.test_mode
-    )
-    buffer.listen()
-    buffer.register_pending()
-    reactor.addSystemEventTrigger("before", "shutdown", buffer.shutdown)
-    runner.run(agent, auto_reconnect=True)
+    run_agent(GWDataBuffer, make_parser, args)
 
 
 if __name__ == "__main__":

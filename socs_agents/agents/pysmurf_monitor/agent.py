@@ -13,14 +13,16 @@ import threading
 import time
 from collections import Counter
 
-from ocs import ocs_agent, ocs_feed, site_config
-from twisted.internet import reactor, task, udp
+from ocs import ocs_agent, ocs_feed
+from twisted.internet import reactor, udp
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
 
 from ...argtypes import str2bool
 from ...db.entries import AllowedRoots, add_allowed_root_option
 from ...db.suprsync import SupRsyncDB
-from ...runtime import RateLimit, reporter, run_blocking, start_logging
+from ...runtime import RateLimit, run_blocking
+from ..shell import AgentShell, Operation, agent_options, process, run_agent, stopper_for
 from .journal import Journal, default_journal_dir
 from .messages import (
     REJECT_REASONS,
@@ -109,19 +111,13 @@ class RestingUDPPort(udp.Port):
         super().connectionLost(reason)
 
 
-class PysmurfMonitor(DatagramProtocol):
-    """Monitor for the pysmurf UDP publisher and the smurf-streamer.
+class PysmurfMonitor(AgentShell, DatagramProtocol):
+    """Monitor for the pysmurf UDP publisher and the smurf-streamer."""
 
-    Args:
-        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
-        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
-    """
+    agent_class = "PysmurfMonitor"
 
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
-        self.agent = agent
-        self.log = agent.log
-        self.report = reporter(agent.log)
-        self.args = args
+        super().__init__(agent, args)
         roots = AllowedRoots(args.allowed_root or DEFAULT_ALLOWED_ROOTS)
         self.db = SupRsyncDB(
             args.db_path, create_all=args.create_table, echo=args.echo_sql, allowed_roots=roots
@@ -145,7 +141,7 @@ class PysmurfMonitor(DatagramProtocol):
         self.log.info("files are registered only under {roots}", roots=", ".join(roots.configured))
         # <stream_id>_meta feed name -> the fields published on it (bounded: --max-streams)
         self._stream_feeds: dict[str, set[str]] = {}
-        self._journal_retry = task.LoopingCall(self.registrar.retry_journal)
+        self._journal_retry = LoopingCall(self.registrar.retry_journal)
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
         # One line per reason per second at most: a flood must not flood the log too.
@@ -428,10 +424,17 @@ class PysmurfMonitor(DatagramProtocol):
             )
         return True, "Monitor exited cleanly."
 
-    def _stop_run(self, session: ocs_agent.OpSession, params: dict | None = None):
-        self._run_stop.set()
-        session.set_status("stopping")
-        return True, "Stopping; files received so far are being written."
+    @classmethod
+    def check_args(cls, args: argparse.Namespace) -> None:
+        for spec in args.archive or []:
+            parse_archive_rule(spec)  # fail before connecting, naming the bad argument
+
+    def operations(self) -> list[Operation]:
+        stop_run = stopper_for(self._run_stop, "Stopping; files received so far are being written.")
+        return [process("run", self.run, stop_run, startup=not self.args.test_mode)]
+
+    def begin(self) -> None:
+        self.listen(self.args.udp_port, self.args.udp_host, self.args.udp_rcvbuf)
 
     # ---- shutdown ------------------------------------------------------------------------
 
@@ -465,9 +468,7 @@ class PysmurfMonitor(DatagramProtocol):
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    if parser is None:
-        parser = argparse.ArgumentParser()
-    pgroup = parser.add_argument_group("Agent Options")
+    parser, pgroup = agent_options(parser)
     pgroup.add_argument(
         "--udp-port",
         type=int,
@@ -554,17 +555,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
-    start_logging()
-    parser = make_parser()
-    args = site_config.parse_args(agent_class="PysmurfMonitor", parser=parser, args=args)
-    for spec in args.archive or []:
-        parse_archive_rule(spec)  # fail before connecting, naming the bad argument
-    agent, runner = ocs_agent.init_site_agent(args)
-    monitor = PysmurfMonitor(agent, args)
-    agent.register_process("run", monitor.run, monitor._stop_run, startup=not args.test_mode)
-    monitor.listen(args.udp_port, args.udp_host, args.udp_rcvbuf)
-    reactor.addSystemEventTrigger("before", "shutdown", monitor.shutdown)
-    runner.run(agent, auto_reconnect=True)
+    run_agent(PysmurfMonitor, make_parser, args)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ import argparse
 import time
 
 from autobahn.wamp.exception import ApplicationError
-from ocs import access, ocs_agent, site_config
+from ocs import access, ocs_agent
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 
 from ... import runtime
+from ..shell import AgentShell, Operation, agent_options, process, run_agent, task
 from ..visibility_recorder.contract import (
     CONTROL_PRIVS,
     DIRECT_PROCEDURE,
@@ -39,25 +40,19 @@ def _pipeline_list(values) -> list[str]:
     return out
 
 
-class VisibilityManager:
-    """The manager of the visibility recording pipelines of one mode.
+class VisibilityManager(AgentShell):
+    """The manager of the visibility recording pipelines of one mode."""
 
-    Args:
-        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
-        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
-    """
+    agent_class = "VisibilityManager"
 
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
-        self.agent = agent
-        self.log = agent.log
-        self.args = args
+        super().__init__(agent, args)
         self.root = args.address_root
         self.mode = args.mode
         self.configured = _pipeline_list(args.pipelines)
         self.timeout = args.timeout
         #: pipeline id -> latest monitoring points, with ``received`` (unix time)
         self.reports: dict[str, dict] = {}
-        self.report = runtime.reporter(agent.log)
         self._report_limited = runtime.RateLimit(self.report)
         #: refusals of monitoring input, by reason (see the docs page)
         self.counters = {"unreadable_status": 0, "unknown_pipeline": 0}
@@ -365,11 +360,26 @@ class VisibilityManager:
         self._wake_monitor()
         return defer.succeed((True, "stopping"))
 
+    def operations(self) -> list[Operation]:
+        return [
+            task("ping", self.ping, blocking=False),
+            task("sync", self.sync, blocking=False, min_privs=CONTROL_PRIVS),
+            task("start", self.start, blocking=False, min_privs=CONTROL_PRIVS),
+            task("stop", self.stop, blocking=False, min_privs=CONTROL_PRIVS),
+            # Stopping the monitoring changes what operators see: level 2, as the controls.
+            process(
+                "monitor",
+                self.monitor,
+                self._stop_monitor,
+                blocking=False,
+                startup=True,
+                min_privs=CONTROL_PRIVS,
+            ),
+        ]
+
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    if parser is None:
-        parser = argparse.ArgumentParser()
-    pgroup = parser.add_argument_group("Agent Options")
+    parser, pgroup = agent_options(parser)
     pgroup.add_argument(
         "--mode",
         choices=["fast", "slow"],
@@ -464,25 +474,7 @@ def read_password(args: argparse.Namespace) -> str | None:
 
 
 def main(args: list | None = None) -> None:
-    runtime.start_logging()
-    parser = make_parser()
-    args = site_config.parse_args(agent_class="VisibilityManager", parser=parser, args=args)
-    agent, runner = ocs_agent.init_site_agent(args)
-    manager = VisibilityManager(agent, args)
-    agent.register_task("ping", manager.ping, blocking=False)
-    agent.register_task("sync", manager.sync, blocking=False, min_privs=CONTROL_PRIVS)
-    agent.register_task("start", manager.start, blocking=False, min_privs=CONTROL_PRIVS)
-    agent.register_task("stop", manager.stop, blocking=False, min_privs=CONTROL_PRIVS)
-    # Stopping the monitoring changes what operators see: level 2, as the other controls.
-    agent.register_process(
-        "monitor",
-        manager.monitor,
-        manager._stop_monitor,
-        blocking=False,
-        startup=True,
-        min_privs=CONTROL_PRIVS,
-    )
-    runner.run(agent, auto_reconnect=True)
+    run_agent(VisibilityManager, make_parser, args)
 
 
 if __name__ == "__main__":

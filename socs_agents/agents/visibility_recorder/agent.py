@@ -15,12 +15,13 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from ocs import access, ocs_agent, site_config
-from twisted.internet import defer, reactor
+from ocs import access, ocs_agent
+from twisted.internet import defer
 
 from ... import runtime
 from ...db import SupRsyncDB
 from ...db.entries import AllowedRoots, add_allowed_root_option
+from ..shell import AgentShell, Operation, agent_options, process, run_agent, stopper_for, task
 from .contract import (
     CONTROL_PRIVS,
     DIRECT_PROCEDURE,
@@ -82,19 +83,13 @@ def _time_params(func):
     return func
 
 
-class VisibilityRecorder:
-    """A visibility recording pipeline.
+class VisibilityRecorder(AgentShell):
+    """A visibility recording pipeline."""
 
-    Args:
-        agent (ocs.ocs_agent.OCSAgent): the OCS agent.
-        args (argparse.Namespace): parsed arguments (see :func:`make_parser`).
-    """
+    agent_class = "VisibilityRecorder"
 
     def __init__(self, agent: ocs_agent.OCSAgent, args: argparse.Namespace) -> None:
-        self.agent = agent
-        self.log = agent.log
-        self.report = runtime.reporter(agent.log)
-        self.args = args
+        super().__init__(agent, args)
         self.pipeline_id = args.pipeline_id or args.instance_id
         integration, per_file, archive = MODE_DEFAULTS[args.mode]
         self.integration_time = args.integration_time or integration
@@ -464,10 +459,26 @@ class VisibilityRecorder:
                 break
         return True, "monitoring stopped"
 
-    def _stop_monitor(self, session, params=None):
-        session.set_status("stopping")
-        self._monitor_stop.set()
-        return True, "stopping"
+    def operations(self) -> list[Operation]:
+        return [
+            task("ping", self.ping, blocking=False),
+            # The tasks hand their work to the recorder's workers and answer with a Deferred.
+            task("sync", self.sync, blocking=False, min_privs=CONTROL_PRIVS),
+            task("start", self.start, blocking=False, min_privs=CONTROL_PRIVS),
+            task("stop", self.stop, blocking=False, min_privs=CONTROL_PRIVS),
+            # Stopping the monitoring changes what operators see: level 2, as the controls.
+            process(
+                "monitor",
+                self.monitor,
+                stopper_for(self._monitor_stop, "stopping"),
+                startup=True,
+                min_privs=CONTROL_PRIVS,
+            ),
+        ]
+
+    def begin(self) -> None:
+        self.agent.on("join", self.register_direct)
+        self.engine.start()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -505,9 +516,7 @@ def feed_fields(status: dict) -> dict:
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    if parser is None:
-        parser = argparse.ArgumentParser()
-    pgroup = parser.add_argument_group("Agent Options")
+    parser, pgroup = agent_options(parser)
     pgroup.add_argument(
         "--mode",
         choices=sorted(MODE_DEFAULTS),
@@ -615,28 +624,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
 
 
 def main(args: list | None = None) -> None:
-    runtime.start_logging()
-    parser = make_parser()
-    args = site_config.parse_args(agent_class="VisibilityRecorder", parser=parser, args=args)
-    agent, runner = ocs_agent.init_site_agent(args)
-    recorder = VisibilityRecorder(agent, args)
-    agent.register_task("ping", recorder.ping, blocking=False)
-    # The tasks hand their work to the recorder's workers and answer with a Deferred.
-    agent.register_task("sync", recorder.sync, blocking=False, min_privs=CONTROL_PRIVS)
-    agent.register_task("start", recorder.start, blocking=False, min_privs=CONTROL_PRIVS)
-    agent.register_task("stop", recorder.stop, blocking=False, min_privs=CONTROL_PRIVS)
-    # Stopping the monitoring changes what operators see: level 2, as the other controls.
-    agent.register_process(
-        "monitor",
-        recorder.monitor,
-        recorder._stop_monitor,
-        startup=True,
-        min_privs=CONTROL_PRIVS,
-    )
-    agent.on("join", recorder.register_direct)
-    recorder.engine.start()
-    reactor.addSystemEventTrigger("before", "shutdown", recorder.shutdown)
-    runner.run(agent, auto_reconnect=True)
+    run_agent(VisibilityRecorder, make_parser, args)
 
 
 if __name__ == "__main__":
