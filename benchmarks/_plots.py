@@ -336,12 +336,14 @@ def _pyplot():
 
 
 def _finish(fig, data: dict, what: str, figures: str) -> str:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax in fig.axes:  # log axes read 2, 5, 10, 100, not 2x10^0
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
+                if not isinstance(axis.get_major_locator(), FixedLocator):  # set_xticks
+                    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 axis.set_major_formatter(plain)
                 axis.set_minor_formatter(NullFormatter())
         if ax.get_ylabel() == "files lost":
@@ -353,6 +355,22 @@ def _finish(fig, data: dict, what: str, figures: str) -> str:
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
+
+
+def _legend(ax, **kw) -> None:
+    """A legend where something is drawn; a panel with no data says so."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+    if not ax.lines and not ax.patches and not ax.collections:
+        ax.text(
+            0.5,
+            0.5,
+            "not measured in this run",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color=FLOOR,
+        )
 
 
 def _percentile_line(
@@ -414,7 +432,7 @@ def draw_pysmurf_monitor(data: dict, figures: str) -> list[str]:
         ylabel="percentile",
         title="send → row, 1 file per 50 ms",
     )
-    b.set(xlabel="paced rate (files/s, 30 s)", ylabel="files lost", title="loss against rate")
+    b.set(xlabel="paced rate (files/s)", ylabel="files lost", title="loss against rate")
     c.set(
         xscale="log",
         xlabel="burst (files sent at once, log)",
@@ -423,7 +441,7 @@ def draw_pysmurf_monitor(data: dict, figures: str) -> list[str]:
     )
     for ax in (a, b, c):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     return [_finish(fig, data, "PysmurfMonitor next to socs's", figures)]
 
 
@@ -455,10 +473,20 @@ def draw_file_orchestrator(data: dict, figures: str) -> list[str]:
     restart = s.get("restart_s", [])
     c.bar([f"run {i + 1}" for i in range(len(restart))], restart, color=OURS)
     c.axhline(t["restart_s"], color=TARGET, ls="--", label="target 2 s")
+    if not restart:
+        c.text(
+            0.5,
+            0.5,
+            "not measured in this run",
+            ha="center",
+            va="center",
+            transform=c.transAxes,
+            color=FLOOR,
+        )
     c.set(ylabel="seconds", title="kill -9: start to serving\n100,000 records")
     for ax in (a, b, c):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     return [_finish(fig, data, "FileOrchestrator", figures)]
 
 
@@ -569,7 +597,7 @@ def draw_gw_data_buffer(data: dict, figures: str) -> list[str]:
         ticks = sorted({*w, *rw})
         ax.set_xticks(ticks, [str(x) for x in ticks])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     return [_finish(fig, data, "GWDataBuffer: writes per second against writers", figures)]
 
 
