@@ -340,10 +340,15 @@ def _finish(fig, data: dict, what: str, figures: str) -> str:
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax in fig.axes:  # log axes read 2, 5, 10, 100, not 2x10^0
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        for axis, scale, lim in (
+            (ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+            (ax.yaxis, ax.get_yscale(), ax.get_ylim()),
+        ):
             if scale == "log":
                 if not isinstance(axis.get_major_locator(), FixedLocator):  # set_xticks
-                    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                    narrow = lim[1] / max(lim[0], 1e-12) < 200  # 1, 2, 5 fit; else decades
+                    subs = (1.0, 2.0, 5.0) if narrow else (1.0,)
+                    axis.set_major_locator(LogLocator(base=10, subs=subs))
                 axis.set_major_formatter(plain)
                 axis.set_minor_formatter(NullFormatter())
         if ax.get_ylabel() == "files lost":
@@ -391,7 +396,7 @@ def _percentile_line(
                 f"p{q} {dist[q]:.3g}",
                 (dist[q], float(q)),
                 textcoords="offset points",
-                xytext=(4, -10 if q == "50" else 4),
+                xytext=(5, 2 if q == "50" else 4),
                 fontsize=7,
                 color=color,
             )
@@ -470,6 +475,7 @@ def draw_file_orchestrator(data: dict, figures: str) -> list[str]:
         b.annotate(f"{v:,.0f}/s", (i, v), ha="center", va="bottom", fontsize=8)
     b.axhline(t["read_next_per_s"], color=TARGET, ls="--", label="target: read-next 1,000/s")
     b.set(ylabel="records per second", title="throughput, 4 keep-alive clients")
+    b.set_ylim(0, 1.15 * max([t["read_next_per_s"]] + [v for _, v in rates]))
     restart = s.get("restart_s", [])
     c.bar([f"run {i + 1}" for i in range(len(restart))], restart, color=OURS)
     c.axhline(t["restart_s"], color=TARGET, ls="--", label="target 2 s")
