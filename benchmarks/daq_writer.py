@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _plots import record  # noqa: E402
 from _report import emit, median, rst_table  # noqa: E402
 
 from socs_agents.agents.daq_writer.h5file import BITSHUFFLE_FILTER, BITSHUFFLE_LZ4_OPTS  # noqa: E402
@@ -439,7 +440,11 @@ def main() -> None:
         if quick
         else "Loss-free: exactly N images, consecutive ids, byte-identical."
     )
-    emit(rst_table(["what", "figure", "detail"], rows, note), DOCS if args.write_docs else None)
+    header = ["what", "figure", "detail"]
+    emit(rst_table(header, rows, note), DOCS if args.write_docs else None)
+    if args.write_docs:
+        for path in record("daq_writer", header, rows, note):
+            print(f"(written to {path})")
 
 
 if __name__ == "__main__":

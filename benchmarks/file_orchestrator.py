@@ -26,6 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _plots import percentile_list, record  # noqa: E402
 from _report import emit, median, percentile, rst_table, run_scenario  # noqa: E402
 
 from socs_agents.dev.sim.dune import DuneWriter, OrchestratorClient  # noqa: E402
@@ -158,6 +159,10 @@ def cpu_seconds(pid: int) -> float:
 # ---- scenarios: each returns {row label: figure text} ------------------------------------
 
 
+#: what the table cannot hold (latency distributions), saved with --write-docs
+SERIES: dict[str, dict] = {}
+
+
 def sc_throughput(b: Bench, q: bool) -> dict:
     seconds = 5 if q else 20
     agent, port, _, iid = b.start()
@@ -168,6 +173,7 @@ def sc_throughput(b: Bench, q: bool) -> dict:
     results = run_workers(dispatcher, port, 4, seconds)
     cpu = cpu_seconds(agent.proc.pid) - cpu0
     lat = [x for r, _ in results for x in r]
+    SERIES["read_next_ms"] = percentile_list(lat)
     codes: dict = {}
     for _, c in results:
         for k, v in c.items():
@@ -216,6 +222,7 @@ def sc_discovery(b: Bench, q: bool) -> dict:
         time.sleep(0.05)
     c.close()
     b.kill(agent)
+    SERIES["discovery_ms"] = percentile_list(lat)
     return {
         f"file renamed into place -> first record handed out ({n} files)": (
             f"median {median(lat):.0f} / p99 {percentile(lat, 99):.0f} / max "
@@ -309,10 +316,11 @@ def main() -> None:
     title = (
         "Quick run." if args.quick else "Full run."
     ) + f" Load average {load0:.1f} at start (other work on the machine)."
-    emit(
-        rst_table(["what", "socs-agents FileOrchestrator", "target"], rows, title),
-        DOCS if args.write_docs else None,
-    )
+    header = ["what", "socs-agents FileOrchestrator", "target"]
+    emit(rst_table(header, rows, title), DOCS if args.write_docs else None)
+    if args.write_docs:
+        for path in record("file_orchestrator", header, rows, title, SERIES):
+            print(f"(written to {path})")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _plots import record  # noqa: E402
 from _report import emit, percentile, rst_table, run_scenario  # noqa: E402
 
 from socs_agents.dev.sim.gw import (  # noqa: E402
@@ -247,10 +248,11 @@ def main() -> None:
     title = ("Quick run." if args.quick else "Full run.") + (
         f" Load average {load0:.1f} at start (other work on the machine)."
     )
-    emit(
-        rst_table(["what", "socs-agents GWDataBuffer", "reference (spec)", "target"], rows, title),
-        DOCS if args.write_docs else None,
-    )
+    header = ["what", "socs-agents GWDataBuffer", "reference (spec)", "target"]
+    emit(rst_table(header, rows, title), DOCS if args.write_docs else None)
+    if args.write_docs:
+        for path in record("gw_data_buffer", header, rows, title):
+            print(f"(written to {path})")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _plots import percentile_list, record  # noqa: E402
 from _report import emit, median, percentile, rst_table  # noqa: E402
 
 from socs_agents.agents.visibility_recorder.schedule import Schedule  # noqa: E402
@@ -556,10 +557,13 @@ def main() -> None:
         "start/stop pairs per manager; recorders, managers and the hub share the "
         "machine."
     )
-    emit(
-        rst_table(["what"] + [f"N = {r['n']}" for r in results], rows, title),
-        DOCS if args.write_docs else None,
-    )
+    header = ["what"] + [f"N = {r['n']}" for r in results]
+    emit(rst_table(header, rows, title), DOCS if args.write_docs else None)
+    if args.write_docs:
+        # the latency distributions behind the table's medians and p99s, per N
+        dists = {key: [percentile_list(r[key]) for r in results] for _, key in latency_rows}
+        for path in record("visibility_fanout", header, rows, title, {"distributions": dists}):
+            print(f"(written to {path})")
 
 
 if __name__ == "__main__":
