@@ -12,6 +12,7 @@ generator runs on the same machine as the agent and the hub (loopback).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _plots import record  # noqa: E402
@@ -26,6 +28,7 @@ from _report import emit, percentile, rst_table, run_scenario  # noqa: E402
 
 from socs_agents.dev.sim.gw import (  # noqa: E402
     DAG_TRAIN_BODY,
+    DT,
     FrontClient,
     chunks,
     simulated_strain,
@@ -83,9 +86,49 @@ class Bench:
             self.site.agents.remove(self.agent)
 
 
-def make_bodies(n: int, size: int, seed: int = 0) -> list[bytes]:
-    strain = simulated_strain(n * size / 4096 + 0.01, seed=seed, chirp_at=1.0)
-    return [json.dumps(c).encode() for c in list(chunks(strain, 1126259400.0, size))[:n]]
+GPS_START = 1126259400.0
+#: Distinct strain chunks simulated (and JSON-encoded) once per chunk size and seed; longer
+#: runs reuse them with their own time stamps (the buffer's work does not depend on the
+#: values, and simulating 8,100 chunks in pure Python took longer than the measurement).
+POOL_CHUNKS = 32
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded_strain(size: int, seed: int) -> tuple[bytes, ...]:
+    strain = simulated_strain(POOL_CHUNKS * size / 4096 + 0.01, seed=seed, chirp_at=1.0)
+    return tuple(
+        json.dumps(c["h"]).encode() for c in list(chunks(strain, GPS_START, size))[:POOL_CHUNKS]
+    )
+
+
+class Bodies(Sequence):
+    """``n`` ``/streamdata`` bodies of ``size`` samples, each built when read (so a long run
+    holds no gigabyte of bodies): body ``i`` is ``json.dumps({"h": ..., "t": [t0, dt]})``
+    byte for byte, with the strain of pool chunk ``i % POOL_CHUNKS`` and the absolute time
+    of chunk ``i`` (every stored file is told apart by its ``t0``). A slice is a view."""
+
+    def __init__(self, n: int, size: int, seed: int = 0, start: int = 0) -> None:
+        self.n, self.size, self.seed, self.start = n, size, seed, start
+        self.h = _encoded_strain(size, seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            a, b, step = i.indices(self.n)
+            if step != 1:
+                raise ValueError("only contiguous slices")
+            return Bodies(max(0, b - a), self.size, self.seed, self.start + a)
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        k = self.start + i % self.n
+        t = json.dumps([GPS_START + k * self.size * DT, DT]).encode()
+        return b'{"h": ' + self.h[k % POOL_CHUNKS] + b', "t": ' + t + b"}"
+
+
+def make_bodies(n: int, size: int, seed: int = 0) -> Bodies:
+    return Bodies(n, size, seed)
 
 
 def sc_throughput(site, root, quick: bool) -> dict:

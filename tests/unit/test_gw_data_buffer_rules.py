@@ -61,12 +61,12 @@ def test_per_sample_times_form(n, t0, dt):
 def test_stored_form_is_compact_and_exact(h, t0, dt, spaced):
     seps = (", ", ": ") if spaced else (",", ":")
     raw = json.dumps({"h": h, "t": [t0, dt]}, separators=seps).encode()
-    chunk = rules.parse_chunk(raw)
-    assert chunk.verbatim
-    stored = rules.stored_form(raw, chunk)
+    stored = rules.encode_chunk(rules.parse_chunk(raw))
     assert b" " not in stored and stored.startswith(b'{"h":[')
-    assert stored == rules.encode_chunk(chunk)  # Python's repr on both sides
-    assert json.loads(stored) == {"h": h, "t": [t0, dt]}
+    back = json.loads(stored)
+    pack = lambda xs: [struct.pack("<d", x) for x in xs]  # noqa: E731
+    assert list(back) == ["h", "t"] and pack(back["h"]) == pack(h)
+    assert pack(back["t"]) == pack([t0, dt])
 
 
 @pytest.mark.parametrize(
@@ -75,14 +75,122 @@ def test_stored_form_is_compact_and_exact(h, t0, dt, spaced):
         b'{"t": [0.0, 1.0], "h": [1.5]}',  # t first
         b'{"h": [1, 2.5], "t": [0.0, 1.0]}',  # an integer
         b'{"h": [1.5], "t": [0.0, 1.0], "x": "a b"}',  # another key
+        b'{"h": [-0], "t": [0.0, 1.0]}',  # an integer minus zero
     ],
 )
-def test_other_bodies_are_encoded_anew(raw):
+def test_other_bodies_are_stored_in_the_one_form(raw):
     chunk = rules.parse_chunk(raw)
-    assert not chunk.verbatim
-    stored = rules.stored_form(raw, chunk)
-    assert stored == rules.encode_chunk(chunk) and stored.startswith(b'{"h":[')
-    assert b'"x"' not in stored
+    stored = rules.encode_chunk(chunk)
+    assert stored.startswith(b'{"h":[') and b'"x"' not in stored and b" " not in stored
+    back = json.loads(stored)
+    assert all(type(x) is float for x in back["h"] + back["t"])
+    assert [struct.pack("<d", x) for x in back["h"]] == [struct.pack("<d", x) for x in chunk.h]
+
+
+# ---- the two parsers: orjson for float bodies, the standard library for the rest ----------
+
+
+def outcome(parse, raw: bytes):
+    """What a parser makes of a body: the refusal (reason, message) or the float64 bits."""
+    try:
+        chunk = parse(raw)
+    except BadInput as e:
+        return ("refused", e.reason, str(e))
+    pack = lambda xs: [(type(x), struct.pack("<d", x)) for x in xs]  # noqa: E731
+    return ("chunk", pack(chunk.h), pack(chunk.t))
+
+
+def test_what_the_clients_send_takes_the_fast_path():
+    from socs_agents.dev.sim.gw import chunks, shell_fixture, simulated_strain
+
+    for c in list(chunks(simulated_strain(0.2), 1126259400.0, 300)) + [shell_fixture()]:
+        for seps in ((", ", ": "), (",", ":")):
+            raw = json.dumps(c, separators=seps).encode()
+            fast = rules._parse_float_chunk(raw)
+            assert fast is not None and fast.h == c["h"] and fast.t == c["t"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"h": [1, 2.5], "t": [0.0, 1.0]}',  # an integer: converted by the standard path
+        b'{"h": [true], "t": [0.0, 1.0]}',
+        b'{"h": [1.5], "t": [0.0, 1.0], "x": 1}',  # another key
+        b'{"h": [[1.5]], "t": [0.0, 1.0]}',
+        b'{"h": [1.5], "h": [1.5], "t": [0.0, 1.0]}',  # a duplicate key
+        b'{"h": [NaN], "t": [0.0, 1.0]}',
+        b'{"h": [1e999], "t": [0.0, 1.0]}',
+        b'{"h": [], "t": [0.0, 1.0]}',
+        b'{"h": [1e308, 1e308], "t": [0.0, 1.0]}',  # a sum that overflows
+        b'{"h": [1.5], "t": [0.0, 1.0], "x": "\ud800"}',  # orjson refuses, json takes it
+    ],
+)
+def test_every_other_body_goes_the_standard_way(raw):
+    assert rules._parse_float_chunk(raw) is None
+    assert outcome(rules.parse_chunk, raw) == outcome(rules.parse_chunk_stdlib, raw)
+
+
+digits = st.text("0123456789", min_size=1, max_size=25)
+number_text = st.builds(
+    lambda sign, whole, frac, exp: sign + whole.lstrip("0").rjust(1, "0") + frac + exp,
+    st.sampled_from(["", "-"]),
+    digits,
+    st.one_of(st.just(""), digits.map(lambda d: "." + d)),
+    st.one_of(
+        st.just(""),
+        st.builds(
+            lambda e, sign, n: f"{e}{sign}{n}",
+            st.sampled_from("eE"),
+            st.sampled_from(["", "+", "-"]),
+            st.integers(0, 400),
+        ),
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(number_text, min_size=1, max_size=20), number_text, number_text)
+def test_both_parsers_read_every_number_text_to_the_same_float64(h, t0, dt):
+    # long mantissas, exponents to +-400 (overflow, subnormals, underflow to 0), integers
+    raw = ('{"h": [' + ", ".join(h) + '], "t": [' + t0 + ", " + dt + "]}").encode()
+    assert outcome(rules.parse_chunk, raw) == outcome(rules.parse_chunk_stdlib, raw)
+
+
+@settings(max_examples=1000)
+@given(number_text.filter(lambda x: any(c in x for c in ".eE")))
+def test_orjson_reads_a_float_text_as_python_does(text):
+    # the fast path's premise, one number at a time (its refusal of 1e999 included)
+    raw = ('{"h": [' + text + '], "t": [0.5, 0.25]}').encode()
+    expected = float(text)
+    fast = rules._parse_float_chunk(raw)
+    if math.isfinite(expected):
+        assert fast is not None and struct.pack("<d", fast.h[0]) == struct.pack("<d", expected)
+    else:
+        assert fast is None and reason_of(raw) == "not_finite"
+
+
+@settings(max_examples=500)
+@given(
+    st.dictionaries(
+        st.sampled_from(["h", "t", "x"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3),
+            lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=2), kids),
+            max_leaves=12,
+        ),
+    ),
+    st.booleans(),
+)
+def test_both_parsers_agree_on_any_body(value, spaced):
+    seps = (", ", ": ") if spaced else (",", ":")
+    raw = json.dumps(value, separators=seps).encode()  # NaN and Infinity literals too
+    assert outcome(rules.parse_chunk, raw) == outcome(rules.parse_chunk_stdlib, raw)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_both_parsers_agree_on_any_bytes(raw):
+    assert outcome(rules.parse_chunk, raw) == outcome(rules.parse_chunk_stdlib, raw)
 
 
 def test_shell_fixture_is_accepted():

@@ -15,6 +15,8 @@ import re
 import time
 from dataclasses import dataclass
 
+import orjson
+
 #: Names of stored chunks, as the reference writes them: ``gwb<time.Now().UnixNano()>.json``.
 CHUNK_NAME = re.compile(r"^gwb(\d+)\.json$")
 OPERATIONAL = "OPERATIONAL"
@@ -101,9 +103,6 @@ class Chunk:
 
     h: list[float]
     t: list[float]
-    #: the body held only ``h`` then ``t``, with no integer: its own text, without white
-    #: space, is the stored form (see :func:`stored_form`)
-    verbatim: bool = False
 
     @property
     def t0(self) -> float:
@@ -133,45 +132,66 @@ def check_times(h: list[float], t: list[float]) -> None:
 
 
 def parse_chunk(raw: bytes) -> Chunk:
-    """Validate a ``/streamdata`` body ``{"h": [...], "t": [t0, dt] | [t per sample]}``."""
-    ints = []
+    """Validate a ``/streamdata`` body ``{"h": [...], "t": [t0, dt] | [t per sample]}``.
 
-    def as_float(text: str) -> float:
-        ints.append(1)
-        return float(text)
+    A body of float lists (what every client sends) is parsed by orjson, about ten times
+    faster than the standard library; every other body (a refusal, an integer, a boolean,
+    anything orjson does not take) goes through :func:`parse_chunk_stdlib`, which decides
+    the refusal reason, so every reason is the same whichever parser read the body.
+    """
+    chunk = _parse_float_chunk(raw)
+    return chunk if chunk is not None else parse_chunk_stdlib(raw)
 
+
+def _all_finite_floats(values: object) -> bool:
+    if type(values) is not list or not values:
+        return False
+    # the type of every element, counted in C: an int, a bool, a string, null or a list
+    # among them sends the body to the standard path (which converts or refuses it)
+    if list(map(type, values)).count(float) != len(values):
+        return False
+    return math.isfinite(sum(values))  # orjson refuses NaN and 1e999 already; a huge sum
+    # that overflows only costs the standard path
+
+
+def _parse_float_chunk(raw: bytes) -> Chunk | None:
+    """The chunk of a body ``{"h": [floats], "t": [floats]}`` and nothing else, else None.
+
+    Returns only what :func:`parse_chunk_stdlib` returns for the same body: with no other
+    key and no third bracket, no value that orjson and the standard parser might take
+    differently (a nesting past Python's recursion limit, a dropped duplicate key) is there.
+    """
+    if raw.count(b"[") != 2:
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or len(body) != 2:
+        return None
+    h, t = body.get("h"), body.get("t")
+    if not (_all_finite_floats(h) and _all_finite_floats(t)):
+        return None
+    check_times(h, t)  # on the same float64 values the standard path would see
+    return Chunk(h, t)
+
+
+def parse_chunk_stdlib(raw: bytes) -> Chunk:
+    """:func:`parse_chunk` with the standard library's parser, for every body."""
     # integers become floats as they are parsed: the file holds float64 values only
-    body = parse_object(raw, parse_int=as_float)
+    body = parse_object(raw, parse_int=float)
     has_bools = b"true" in raw or b"false" in raw
     h = _numbers(body, "h", has_bools)
     t = _numbers(body, "t", has_bools)
     check_times(h, t)
-    return Chunk(h, t, verbatim=not ints and list(body) == ["h", "t"])
-
-
-_WHITE_SPACE = b" \t\r\n"
-
-
-def stored_form(raw: bytes, chunk: Chunk) -> bytes:
-    """The bytes of the stored file: ``{"h":[...],"t":[...]}`` without spaces, from which
-    ``json.load`` gives back exactly the float64 values sent.
-
-    When the body held nothing but ``h`` and ``t`` (in that order) and only non-integer
-    numbers, its own text with the white space removed is that form: its numbers parse to
-    the very floats just validated. This skips re-encoding 4,096 floats (``repr`` of each
-    costs about twice the parse; the benchmark's CPU per write). Otherwise the values are
-    encoded anew (:func:`encode_chunk`).
-    """
-    if chunk.verbatim:
-        # only keys and numbers are in the text (validated), so no string holds white space
-        return raw.translate(None, _WHITE_SPACE)
-    return encode_chunk(chunk)
+    return Chunk(h, t)
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
     """The stored file: ``{"h":[...],"t":[...]}`` without spaces, each float in its shortest
-    round-trip form, so ``json.load`` gives back exactly the float64 values sent."""
-    return json.dumps({"h": chunk.h, "t": chunk.t}, separators=(",", ":"), allow_nan=False).encode()
+    round-trip form, so ``json.load`` gives back exactly the float64 values sent (one
+    orjson call: about 40 times faster than ``json.dumps``)."""
+    return orjson.dumps({"h": chunk.h, "t": chunk.t})
 
 
 def chunk_name(ns: int) -> str:

@@ -123,7 +123,7 @@ def stage_chunk(raw: bytes, staging_dir: str) -> Staged:
         StorageError: the temporary file could not be written.
     """
     chunk = rules.parse_chunk(raw)
-    data = rules.stored_form(raw, chunk)
+    data = rules.encode_chunk(chunk)
     tmp = temp_path(os.path.join(staging_dir, "gwb"), STAGING_SUFFIX)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
