@@ -96,6 +96,7 @@ class GWDataBuffer(AgentShell):
                 state_db=args.state_db,
                 max_size=args.max_size,
                 staging_dir=args.staging_dir,
+                reference_adm_dir=args.reference_adm_dir,
             ),
             report=self.report,
             on_clean=self._register_archive,
@@ -278,8 +279,18 @@ class GWDataBuffer(AgentShell):
                  'latest_file': 'gwb1764590399123456789.json', 'writes': 12,
                  'bytes_written': 1175346, 'failures': 0, 'refusals': {'frozen': 3},
                  'data_dir': '/data/gw/datavar', 'archive_dir': '/data/gw/archive',
+                 'takeover': None,
                  'http': {'interface': '127.0.0.1', 'port': 8000},
                  'archives': [{'seq': 2, 'name': 'batch-000002-...', 'files': 9, ...}]}
+
+            ``takeover`` is None unless the state was taken over from the reference
+            (``--reference-adm-dir``), then what was taken::
+
+                {'from': '/app/appdata/adm', 'at': 1764590400.0, 'dstatus': 'FROZEN',
+                 'frozen_by': 'airflow', 'token_kept_as_sha256': True,
+                 'reference_counts': {'n_itm': 264, 'buff_size': 25800012},
+                 'recounted': {'n_itm': 265, 'buff_size': 25800031},
+                 'orphans': 1, 'orphan_names': ['gwb1724170688605972803.json']}
         """
         n = params["archives"]
 
@@ -415,6 +426,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         default="/data/gw/gw_data_buffer.db",
         help="SQLite file of the state that survives a restart: frozen or not, who froze "
         "it and when, the archives.",
+    )
+    pgroup.add_argument(
+        "--reference-adm-dir",
+        default=None,
+        help="Switching over from the reference: its ADMROOT folder (StatDesc.json, "
+        "Dsstat.json). At the first start its state is taken over (a frozen store stays "
+        "frozen; its token is kept as a SHA-256 only) and the data folder is recounted; "
+        "later starts keep this agent's own state. Default: none.",
     )
     pgroup.add_argument(
         "--max-size",

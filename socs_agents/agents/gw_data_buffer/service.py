@@ -30,6 +30,8 @@ class BufferConfig:
     state_db: str
     max_size: int
     staging_dir: str | None = None
+    #: the reference's ADMROOT, taken over at the first start (see storage.DataStore)
+    reference_adm_dir: str | None = None
     stage_threads: int = 4
     max_queue: int = 1024
 
@@ -68,6 +70,7 @@ class BufferService:
             config.max_size,
             config.staging_dir,
             report,
+            config.reference_adm_dir,
         ).result(timeout=60)
         self.refusals: collections.Counter = collections.Counter()
         self.writes = 0
@@ -207,6 +210,7 @@ class BufferService:
             "refusals": dict(self.refusals),
             "data_dir": self.store.data_dir,
             "archive_dir": self.store.archive_dir,
+            "takeover": self.store.takeover,
         }
 
     def stop(self, timeout: float = 10.0) -> None:

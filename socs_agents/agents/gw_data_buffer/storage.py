@@ -37,7 +37,7 @@ from ...runtime import (
     temp_path,
     transaction,
 )
-from . import rules
+from . import rules, takeover
 
 STAGING_SUFFIX = ".part"
 #: Samples of the latest chunk kept for the status page's plot.
@@ -174,6 +174,7 @@ class DataStore:
         max_size: int,
         staging_dir: str | None = None,
         report: Report = no_report,
+        reference_adm_dir: str | None = None,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.archive_dir = os.path.abspath(archive_dir)
@@ -198,6 +199,9 @@ class DataStore:
         self.preview: list[float] = []
         self.preview_name: str | None = None
         self.recount()
+        self.takeover: dict | None = self._load_takeover()
+        if reference_adm_dir and self.takeover is None:
+            self.takeover = self.take_over(reference_adm_dir)
 
     # ---- state ----------------------------------------------------------------------------
 
@@ -225,6 +229,48 @@ class DataStore:
             since=float(since) if since else None,
             token_sha256=self._get("token_sha256"),
         )
+
+    def _load_takeover(self) -> dict | None:
+        record = self._get("takeover")
+        return json.loads(record) if record else None
+
+    def take_over(self, adm_dir: str) -> dict | None:
+        """Take the reference's state over from its adm folder (see :mod:`.takeover`), once:
+        only while this store has no state of its own (no freeze, clean or takeover yet).
+
+        Returns the record kept (also in :attr:`takeover`), or None when it was not taken.
+
+        Raises:
+            takeover.TakeoverError: ``Dsstat.json`` cannot be read (nothing changed).
+        """
+        if self._get("takeover") is not None:
+            return self._load_takeover()
+        if self._get("dstatus") is not None or self._get("archive_seq") is not None:
+            self.report(
+                "warn",
+                f"the reference's state in {adm_dir} is not taken over: this agent has its "
+                "own state already (frozen or cleaned before)",
+            )
+            return None
+        ref = takeover.read_reference(adm_dir)
+        orphans = takeover.find_orphans(self.data_dir, self.sizes)
+        record = takeover.summary(ref, self.n_itm, self.buff_size, orphans, time.time())
+        values: dict[str, str | None] = {"dstatus": ref.dstatus, "takeover": json.dumps(record)}
+        if ref.frozen:
+            values |= {
+                "user": ref.user,
+                "frozen_since": repr(ref.changed_at),
+                # as for /train: the token itself is never stored
+                "token_sha256": rules.token_hash(ref.token) if ref.token else None,
+            }
+        try:
+            self._set(values)
+        except Exception as e:
+            raise StorageError(f"saving the state taken over failed: {e}") from e
+        self.freeze = self._load_freeze()
+        self._snapshot()
+        self.report("warn" if orphans else "info", takeover.describe(record))
+        return record
 
     # ---- counters ---------------------------------------------------------------------------
 
