@@ -217,3 +217,56 @@ def test_front_requests_do_not_parse_bodies_as_forms():
         assert req.args == {}  # no form parse (Twisted parses one before 25)
     else:
         assert req.args[b"a"] == [b"1"]
+
+
+class QueuedReactor:
+    """Keeps what the workers hand to the reactor; the test runs it, in the order it picks."""
+
+    def __init__(self):
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def callFromThread(self, f, *args, **kwargs):
+        with self.lock:
+            self.calls.append((f, args, kwargs))
+
+    def run(self, index):
+        with self.lock:
+            f, args, kwargs = self.calls.pop(index)
+        f(*args, **kwargs)
+
+
+def test_frozen_is_answered_only_after_every_write_committed_before_it(tmp_path):
+    from socs_agents.dev.testing import wait_for
+
+    reactor = QueuedReactor()
+    service = BufferService(
+        BufferConfig(
+            data_dir=str(tmp_path / "datavar"),
+            archive_dir=str(tmp_path / "archive"),
+            state_db=str(tmp_path / "gw.db"),
+            max_size=1,
+        ),
+        reactor=reactor,
+    )
+    try:
+        order = []
+        service.write(CHUNK.encode()).addCallback(lambda r: order.append(("write", r.stored)))
+        # the write is committed and durable; its result waits for the reactor
+        wait_for(lambda: reactor.calls, 10, "the write's result")
+        assert service.counts.n_itm == 1
+        service.train("airflow", None).addCallback(lambda r: order.append(("train", r.frozen)))
+        wait_for(lambda: len(reactor.calls) == 2, 10, "the train's result")
+        reactor.run(1)  # the reactor sees the freeze first ...
+        assert order == []  # ... and holds FROZEN: the write before it is not answered yet
+        reactor.run(0)
+        assert order == [("write", True), ("train", True)]
+        # a write after the freeze stores nothing and needs no wait
+        service.write(CHUNK.encode()).addCallback(lambda r: order.append(("write", r.stored)))
+        wait_for(lambda: reactor.calls, 10, "the frozen write's result")
+        reactor.run(0)
+        assert order[-1] == ("write", False) and service.counts.n_itm == 1
+    finally:
+        service.stage_pool.stop(drain=True, timeout=5)
+        service.serial.call(service.store.close).result(5)
+        service.serial.stop(drain=True, timeout=5)

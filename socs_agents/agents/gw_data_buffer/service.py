@@ -1,22 +1,26 @@
 """The buffer's operations as Deferreds, on the runtime's workers (Twisted, no OCS).
 
-A write goes: reactor -> staging pool (validate, encode, write and fsync a temporary file)
--> the store's SerialWorker (the freeze check and the link under the final name, counters)
--> sync pool (fsync of the data folder) -> answer. ``train`` and ``clean`` run on the same
-SerialWorker, so each sees every write before it and none after it. A FROZEN ``train``
-answer is held until every write committed before it has been acknowledged, so no write is
-acknowledged after the store answered FROZEN.
+A write goes from the reactor to one staging thread, which validates, encodes, writes and
+fsyncs a temporary file, has the store's SerialWorker take it (the freeze check and the link
+under the final name, counters), fsyncs the data folder, and hands the result back: one
+round trip through the reactor per write. ``train`` and ``clean`` run on the same
+SerialWorker, so each sees every write before it and none after it. The store's thread
+notes each committed write until its answer is sent; a FROZEN ``train`` answer is held
+until every write committed before it has been answered, so no write is acknowledged after
+the store answered FROZEN.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer
+from twisted.python import failure
 
 from ...runtime import Report, SerialWorker, WorkerPool, no_report
 from . import rules
@@ -59,9 +63,6 @@ class BufferService:
         self.stage_pool = WorkerPool(
             "gw-stage", size=config.stage_threads, max_queue=config.max_queue, reactor=reactor
         )
-        self.sync_pool = WorkerPool(
-            "gw-sync", size=config.stage_threads, max_queue=config.max_queue, reactor=reactor
-        )
         self.store: DataStore = self.serial.call(
             DataStore,
             config.data_dir,
@@ -77,8 +78,11 @@ class BufferService:
         self.bytes_written = 0
         self.failures = 0
         self.started = time.time()
-        # seq of a committed write -> its acknowledgement (fired after the folder fsync)
-        self._unacked: dict[int, defer.Deferred] = {}
+        # seqs of writes committed (on the store's thread) and not answered yet (on the
+        # reactor), and what waits for one of them (reactor only)
+        self._unanswered: set[int] = set()
+        self._unanswered_lock = threading.Lock()
+        self._waiting: dict[int, list[defer.Deferred]] = {}
         #: writes taken and not answered yet (changed on the reactor only)
         self.in_flight = 0
 
@@ -105,52 +109,84 @@ class BufferService:
         """Store one ``/streamdata`` body. Fires with a :class:`CommitResult` (``stored``
         False when frozen); fails with BadInput, StorageError or QueueFull."""
         self.in_flight += 1
-        d = self.stage_pool.submit(stage_chunk, raw, self.store.staging_dir)
-        d.addCallback(lambda staged: self.serial.submit(self.store.commit, staged))
-        d.addCallback(self._acknowledge)
-        return d.addBoth(self._answered)
+        answer: defer.Deferred = defer.Deferred()
 
-    def _answered(self, value):
-        self.in_flight -= 1
-        return value
+        def settle(outcome):  # reactor
+            self.in_flight -= 1
+            if isinstance(outcome, failure.Failure):
+                answer.errback(outcome)  # refused or failed before the commit
+                return
+            result, error = outcome
+            try:
+                if error is not None:
+                    answer.errback(error)
+                elif not result.stored:
+                    self.refuse("frozen")
+                    answer.callback(result)
+                else:
+                    self.writes += 1
+                    self.bytes_written += result.size
+                    answer.callback(result)  # the caller's answer is sent in here
+            finally:
+                if result.stored:
+                    self._answered(result.seq)
 
-    def _acknowledge(self, result: CommitResult):
+        self.stage_pool.submit(self._store, raw).addBoth(settle)
+        return answer
+
+    def _store(self, raw: bytes) -> tuple[CommitResult, Exception | None]:
+        """A staging thread: stage, commit on the store's thread, fsync the folder."""
+        staged = stage_chunk(raw, self.store.staging_dir)
+        result = self.serial.call(self._commit, staged).result()
         if not result.stored:
-            self.refuse("frozen")
-            return result
-        ack = self.sync_pool.submit(sync_dir, self.store.data_dir)
-        self._unacked[result.seq] = ack
+            return result, None
+        try:
+            sync_dir(self.store.data_dir)
+        except Exception as e:  # committed, not durable: answered as the failure it is
+            return result, e
+        return result, None
 
-        def done(value, seq=result.seq):
-            self._unacked.pop(seq, None)
-            return value
+    def _commit(self, staged) -> CommitResult:  # the store's thread
+        result = self.store.commit(staged)
+        if result.stored:
+            with self._unanswered_lock:
+                self._unanswered.add(result.seq)
+        return result
 
-        ack.addBoth(done)
+    def _train(self, user, token_sha256, force) -> tuple[TrainResult, list[int]]:
+        result = self.store.train(user, token_sha256, force)  # the store's thread
+        with self._unanswered_lock:
+            earlier = [seq for seq in self._unanswered if seq < result.seq]
+        return result, earlier
 
-        def ok(_):
-            self.writes += 1
-            self.bytes_written += result.size
-            return result
-
-        return ack.addCallback(ok)
+    def _answered(self, seq: int) -> None:  # reactor
+        with self._unanswered_lock:
+            self._unanswered.discard(seq)
+        for d in self._waiting.pop(seq, ()):
+            d.callback(None)
 
     def train(self, user: str, token_sha256: str | None, force: bool = False) -> defer.Deferred:
         """The ``/train`` rule; fires with a :class:`TrainResult` once every write committed
-        before it is acknowledged."""
-        d = self.serial.submit(self.store.train, user, token_sha256, force)
+        before it is answered."""
+        d = self.serial.submit(self._train, user, token_sha256, force)
 
-        def hold(result: TrainResult):
+        def hold(outcome):  # reactor
+            result, earlier = outcome
             if result.newly:
                 self.report(
                     "info",
                     f"frozen by {user!r}: {result.n_f} files, {result.bt_wrt} bytes "
                     f"(MAX_SIZE {self.max_size})",
                 )
-            earlier = [a for seq, a in self._unacked.items() if seq < result.seq]
-            if not earlier:
+            waits = []
+            with self._unanswered_lock:
+                pending = [seq for seq in earlier if seq in self._unanswered]
+            for seq in pending:  # answered later on this thread, which fires these
+                waits.append(defer.Deferred())
+                self._waiting.setdefault(seq, []).append(waits[-1])
+            if not waits:
                 return result
-            dl = defer.DeferredList(earlier, consumeErrors=True)
-            return dl.addCallback(lambda _: result)
+            return defer.DeferredList(waits).addCallback(lambda _: result)
 
         return d.addCallback(hold)
 
@@ -218,10 +254,9 @@ class BufferService:
         while the reactor runs, at the end of the process). New writes are refused."""
         deadline = time.monotonic() + timeout
         self.stage_pool.stop(drain=True, timeout=timeout)
-        # staged writes still pass through the reactor to the store and the sync pool
+        # the last answers pass through the reactor
         while self.in_flight > 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # bounded, at shutdown only
-        self.sync_pool.stop(drain=True, timeout=max(0.1, deadline - time.monotonic()))
         self.serial.call(self.store.close)
         self.serial.stop(drain=True, timeout=timeout)
 
