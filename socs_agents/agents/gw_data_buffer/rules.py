@@ -150,8 +150,8 @@ def _all_finite_floats(values: object) -> bool:
     # among them sends the body to the standard path (which converts or refuses it)
     if list(map(type, values)).count(float) != len(values):
         return False
-    return math.isfinite(sum(values))  # orjson refuses NaN and 1e999 already; a huge sum
-    # that overflows only costs the standard path
+    # orjson refuses NaN and 1e999 already; a sum that overflows only costs the standard path
+    return math.isfinite(sum(values))
 
 
 def _parse_float_chunk(raw: bytes) -> Chunk | None:
