@@ -20,9 +20,7 @@ from ocs import ocs_agent, site_config
 from twisted.internet import reactor
 
 from ..runtime import reporter, start_logging
-
-#: credential level of every operation that changes state (under an access policy)
-CONTROL_PRIVS = 2
+from . import CONTROL_PRIVS  # noqa: F401  (the agents import it from here)
 
 
 @dataclass(frozen=True)

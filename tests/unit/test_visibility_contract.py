@@ -73,3 +73,15 @@ def test_ocs_param_checks_refuse_huge_numbers_naming_the_parameter():
         else:
             assert outcome == "refused" and detail.startswith(f"Param '{key}'"), (key, value)
             assert "finite number within" in detail or "required type" in detail
+
+
+def test_the_contract_and_the_summary_rules_do_not_import_ocs():
+    """Unit tests import them in the pytest process: importing ocs there would pick
+    txaio's Twisted flavour for the whole run and break the harness's asyncio clients."""
+    heavy = run_python(
+        "import json, sys\n"
+        "import socs_agents.agents.visibility_recorder.contract\n"
+        "import socs_agents.agents.visibility_manager.aggregate\n"
+        "print(json.dumps([m for m in ('ocs', 'autobahn', 'txaio') if m in sys.modules]))\n"
+    )
+    assert heavy == []

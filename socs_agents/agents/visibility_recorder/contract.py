@@ -8,7 +8,7 @@ from __future__ import annotations
 
 #: Credential level needed by the operations that change state (start, stop, sync): the
 #: one every agent's controls need.
-from ..shell import CONTROL_PRIVS  # noqa: E402,F401
+from .. import CONTROL_PRIVS  # noqa: E402,F401
 
 #: The direct procedure, registered at ``<agent address>.<DIRECT_PROCEDURE>`` and called as
 #: ``direct(op_name, params, password=None)`` with ``op_name`` one of ``ping``, ``sync``,
