@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sqlite3
 import sys
@@ -204,6 +205,7 @@ class Surface:
         self.rss_warm: int | None = None
         self.snapshots: list[str] = []
         self.notes: list[str] = []
+        self.succeeded = Counter()  # tasks that succeeded, by operation
 
     def start_agent(self, instance_id: str):
         """Start an instance of the site-config (under tracemalloc with ``--memtrace``)."""
@@ -574,17 +576,45 @@ class OcsSurface(Surface):
                 self.refused[f"not sendable: {type(e).__name__}"] += 1
                 continue
             code, message = reply[0], str(reply[1])
-            if "Traceback" in message or "OverflowError" in message:
-                self.crashes["traceback in answer"] += 1
-            if code == 0:  # ocs.OK: the op started, so the check let it through
-                self.accepted += 1
-                try:
-                    self.caller.call(self.uri, "wait", op, None, 10, FUZZ_PW2)
-                except Exception:
-                    pass
+            if crashed(message):
+                self.crashes["traceback or CRASH in the answer"] += 1
+            if code == 0:  # ocs.OK: the op started, so ocs's checks let it through
+                self.task_outcome(op)
             else:
-                self.refused[" ".join(message.split()[:5])[:50]] += 1
+                self.refused[reason_of(message)] += 1
             self.tick(i)
+
+    def task_outcome(self, op: str) -> None:
+        """Wait for a started task; count it accepted if it succeeded, else refused by the
+        first words of its last message (what the agent's own checks answered)."""
+        try:
+            done = self.caller.call(self.uri, "wait", op, None, 10, FUZZ_PW2)
+        except Exception as e:
+            self.refused[f"wait failed: {type(e).__name__}"] += 1
+            return
+        session = done[2] if len(done) > 2 else {}
+        if session.get("success"):
+            self.accepted += 1
+            self.succeeded[op] += 1
+            return
+        msgs = [m for _, m in session.get("messages", []) if not m.startswith("Status is now")]
+        if any(crashed(m) for m in msgs):
+            self.crashes["traceback or CRASH in the task's messages"] += 1
+        self.refused[f"in the task: {reason_of(' '.join(msgs[-1:])) or 'ended'}"] += 1
+
+
+def crashed(message: str) -> bool:
+    """An answer showing an exception the agent did not handle: ocs says ``CRASH:`` for
+    one raised by a parameter check (``during param pre-processing``) or by the task."""
+    return any(w in message for w in ("Traceback", "OverflowError", "CRASH"))
+
+
+def reason_of(message: str) -> str:
+    """A refusal message's first words, the refused value and numbers left out (ocs's
+    checks name the value: ``Param 'port'=1e+308 is not of required type``), so that
+    messages group by reason."""
+    words = re.sub(r"'=\S+", "'=<value>", " ".join(message.split()[:6]))
+    return re.sub(r"-?\d[\d_.eE+-]*", "<n>", words)[:60]
 
 
 # ---- FileOrchestrator: files on a watched volume -----------------------------------------
@@ -837,6 +867,12 @@ class DaqSurface(OcsSurface):
             self.root,
         ]
 
+    def counters(self) -> dict:
+        """The writer's own counters (``refused`` counts every request its checks refuse)."""
+        self.caller.call(self.uri, "start", "status", {}, None, FUZZ_PW2)
+        done = self.caller.call(self.uri, "wait", "status", None, 10, FUZZ_PW2)
+        return {"counters": (done[2].get("data") or {}).get("counters", {})}
+
     def state(self) -> object:
         files = sorted(os.listdir(self.root))
         with sqlite3.connect(self.outcomes) as con:
@@ -869,25 +905,12 @@ class DaqSurface(OcsSurface):
                 self.refused[f"not sendable: {type(e).__name__}"] += 1
                 continue
             code, message = reply[0], str(reply[1])
-            if "Traceback" in message or "OverflowError" in message:
-                self.crashes["traceback in answer"] += 1
-            if code == 0:
-                # the task started: its checks inside refuse the request; wait for the answer
-                try:
-                    done = self.caller.call(self.uri, "wait", "write", None, 10, FUZZ_PW2)
-                    session = done[2] if len(done) > 2 else {}
-                    if session.get("success"):
-                        self.accepted += 1
-                    msgs = [
-                        m
-                        for _, m in session.get("messages", [])
-                        if not m.startswith("Status is now")
-                    ][-1:]
-                    self.refused[" ".join(" ".join(msgs).split()[:5])[:50] or "ended"] += 1
-                except Exception as e:
-                    self.refused[f"wait failed: {type(e).__name__}"] += 1
+            if crashed(message):
+                self.crashes["traceback or CRASH in the answer"] += 1
+            if code == 0:  # the task started: its checks inside refuse the request
+                self.task_outcome("write")
             else:
-                self.refused[" ".join(message.split()[:5])[:50]] += 1
+                self.refused[reason_of(message)] += 1
             self.tick(i)
 
 
@@ -937,7 +960,9 @@ def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> l
     shown = "; ".join(f"{k}: {v:,}" for k, v in top[:8])
     if len(top) > 8:
         shown += f"; (+{len(top) - 8} more reasons)"
-    print(f"[{key}] {count:,} sent in {seconds:.0f} s; refused {shown}", flush=True)
+    every = "; ".join(f"{k}: {v:,}" for k, v in top[:30])
+    more = f"; (+{len(top) - 30} more reasons)" if len(top) > 30 else ""
+    print(f"[{key}] {count:,} sent in {seconds:.0f} s; refused {every}{more}", flush=True)
     print(
         f"[{key}] accepted {surface.accepted:,}; crashes {dict(surface.crashes)}; "
         f"state {state0} -> {state1}; "
@@ -945,6 +970,20 @@ def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> l
         f"(after the warm-up: {(rss1 - rss_warm) / 1024:+.1f} MiB)",
         flush=True,
     )
+    if isinstance(surface, OcsSurface):
+        answered = sum(surface.refused.values()) + surface.accepted
+        print(
+            f"[{key}] answered {answered:,} of {count:,} calls; succeeded "
+            f"{dict(surface.succeeded)}",
+            flush=True,
+        )
+        in_task = sum(v for k, v in surface.refused.items() if k.startswith("in the task"))
+        at_call = answered - in_task - surface.accepted
+        print(
+            f"[{key}] refused at the call (ocs's parameter checks): {at_call:,}; started and "
+            f"refused by the agent's own checks: {in_task:,}",
+            flush=True,
+        )
     for note in surface.notes:
         print(f"[{key}] {note}", flush=True)
     if len(surface.snapshots) >= 2:
