@@ -1,4 +1,5 @@
-"""An agent keeps its memory bounded however many task calls arrive.
+"""An agent keeps its memory bounded however many task calls arrive, and refuses any task
+parameter cleanly.
 
 ocs (0.12) re-arms a purge timer on the reactor for every ``OpSession`` for ever, so every
 session ever started stays alive (the fuzz's 100,000 hostile task calls took a recorder from
@@ -46,3 +47,20 @@ def test_without_the_release_ocs_keeps_every_session():
     workaround in _ops.py can go."""
     result = probe("keep")
     assert result["live_sessions"] > result["started"]
+
+
+def test_no_task_parameter_of_any_agent_crashes_ocs_checks():
+    """A huge integer, NaN, an infinity, a wrong type: each ``@ocs_agent.param`` refuses it
+    with a ParamError (a clear message naming the parameter), never another exception (ocs
+    answers those ``CRASH: during param pre-processing``; ``type=float`` on a 10**400 raised
+    OverflowError in the DAQ writer's ``write`` and the GW buffer's ``monitor``)."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "ops_params_probe.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["checked"] > 500
+    assert result["failures"] == []
