@@ -36,7 +36,7 @@ def wrapper_script(path: str, out_dir: str, python: str | None = None) -> str:
 
 
 def main(argv: list[str]) -> None:
-    out_dir, rest = argv[0], [a for a in argv[1:]]
+    out_dir, rest = argv[0], list(argv[1:])
     while rest and rest[0] == "-u":  # unbuffered: already so under $PYTHONUNBUFFERED
         rest.pop(0)
     if len(rest) < 2 or rest[0] != "-m":
