@@ -505,7 +505,7 @@ class HttpSurface(Surface):
 
 
 class OcsSurface(Surface):
-    name = "OCS task parameters (recorder and orchestrator)"
+    name = "VisibilityRecorder task parameters"
 
     def start(self) -> None:
         self.data_dir = os.path.join(self.workdir, "vis")
@@ -613,7 +613,9 @@ def reason_of(message: str) -> str:
     """A refusal message's first words, the refused value and numbers left out (ocs's
     checks name the value: ``Param 'port'=1e+308 is not of required type``), so that
     messages group by reason."""
-    words = re.sub(r"'=\S+", "'=<value>", " ".join(message.split()[:6]))
+    value = r"'=.*?(?= is not of| could not be| is not in)"
+    message = re.sub(value, "'=<value>", message, count=1, flags=re.S)
+    words = " ".join(message.split()[:6])
     return re.sub(r"-?\d[\d_.eE+-]*", "<n>", words)[:60]
 
 
