@@ -1,7 +1,7 @@
 """Fuzz the live agents on a real hub: every input surface, generated hostile inputs.
 
-.venv/bin/python benchmarks/fuzz.py [--count 100000] [--surfaces udp,http,ocs,files]
-                                    [--seed 1] [--write-docs]
+.venv/bin/python benchmarks/fuzz.py [--count 100000] [--surfaces udp,http,ocs,files,gw,daq]
+                                    [--seed 1] [--write-docs] [--memtrace DIR]
 
 For each surface the script records the agent's state, its counters and its RSS, sends
 ``--count`` generated inputs that are all invalid by construction (random bytes, JSON of any
@@ -14,7 +14,13 @@ volume), then checks and prints:
   (must be 0),
 * state changes: SupRsync rows, the orchestrator's records and credits, a recorder's
   schedule (must be 0),
-* the agent's RSS before and after.
+* the agent's RSS at the start, after the warm-up (the first 10 % of the inputs) and at the
+  end: what a bounded agent may still grow by is its warm-up (caches, first allocations),
+  never in proportion to the inputs after it.
+
+``--memtrace DIR`` runs each agent under tracemalloc (:mod:`socs_agents.dev.memtrace`) and
+prints, at the end of each surface, the source lines whose memory grew most between the
+end of the warm-up and the end (snapshots are left in ``DIR``): the way to find what grows.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import json
 import math
 import os
 import random
+import re
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -35,6 +43,7 @@ from collections.abc import Callable, Iterator
 sys.path.insert(0, os.path.dirname(__file__))
 from _report import emit, rst_table  # noqa: E402
 
+from socs_agents.dev import memtrace  # noqa: E402
 from socs_agents.dev.testing import (  # noqa: E402
     LocalSite,
     WampCaller,
@@ -47,6 +56,10 @@ DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "figures", "fuzz.rs
 MAX_UDP = 65507
 #: the recorder's level-2 password: the fuzzed parameters must reach its checks
 FUZZ_PW2 = "fuzz-pw2"
+#: the share of the inputs sent before the "after warm-up" RSS
+WARMUP_SHARE = 0.1
+#: set by ``--memtrace``: agents run under tracemalloc, snapshots go there
+MEMTRACE_DIR: str | None = None
 
 # ---- generators ---------------------------------------------------------------------------
 
@@ -188,6 +201,38 @@ class Surface:
         self.crashes = Counter()
         self.refused = Counter()
         self.accepted = 0
+        self.warmup = 0  # inputs before the warm-up RSS (set by run_surface)
+        self.rss_warm: int | None = None
+        self.snapshots: list[str] = []
+        self.notes: list[str] = []
+        self.succeeded = Counter()  # tasks that succeeded, by operation
+
+    def start_agent(self, instance_id: str):
+        """Start an instance of the site-config (under tracemalloc with ``--memtrace``)."""
+        python = None
+        if MEMTRACE_DIR is not None:
+            out = os.path.join(MEMTRACE_DIR, instance_id)
+            python = memtrace.wrapper_script(os.path.join(self.workdir, "python"), out)
+        return self.site.start_agent(instance_id, timeout=300 if python else 60, python=python)
+
+    def snapshot(self) -> None:
+        """With ``--memtrace``: have the agent dump a tracemalloc snapshot; wait for it."""
+        if MEMTRACE_DIR is None:
+            return
+        path = os.path.join(
+            MEMTRACE_DIR, self.agent.instance_id, f"snapshot-{len(self.snapshots)}.tracemalloc"
+        )
+        os.kill(self.agent.proc.pid, signal.SIGUSR2)
+        wait_for(lambda: os.path.exists(path), 300, "a tracemalloc snapshot")
+        self.snapshots.append(path)
+
+    def tick(self, i: int) -> None:
+        """After input ``i`` (0-based): the warm-up RSS once, a liveness check now and then."""
+        if self.rss_warm is None and i + 1 >= self.warmup:
+            self.rss_warm = rss_kib(self.agent.proc.pid)
+            self.snapshot()
+        if i % 20000 == 19999:
+            self.alive_check()
 
     def start(self) -> None: ...
 
@@ -252,7 +297,7 @@ class UdpSurface(Surface):
                 ["--allowed-root", self.root],
             ],
         )
-        self.agent = self.site.start_agent("fuzz-monitor")
+        self.agent = self.start_agent("fuzz-monitor")
         self.client = self.site.client("fuzz-monitor")
         self.targets = outside_targets(self.workdir, os.path.join(self.root, "17000"))
         import socket
@@ -308,8 +353,7 @@ class UdpSurface(Surface):
             self.sock.sendto(self.datagram(), target)
             if i % 200 == 199:
                 time.sleep(0.002)  # stay under the socket buffer: loss is not what is tested
-            if i % 20000 == 19999:
-                self.alive_check()
+            self.tick(i)
 
     def settle(self) -> None:
         def quiet():
@@ -339,6 +383,8 @@ ORCH_ENDPOINTS = [
 
 class HttpSurface(Surface):
     name = "FileOrchestrator HTTP API"
+    #: more arguments of the orchestrator's instance
+    extra_args: list = []
 
     def start(self) -> None:
         self.volume = os.path.join(self.workdir, "dune_data")
@@ -353,9 +399,10 @@ class HttpSurface(Surface):
                 ["--state-db", os.path.join(self.workdir, "orch.db")],
                 ["--suprsync-db", os.path.join(self.workdir, "suprsync.db")],
                 ["--archive-name", "dune"],
+                *self.extra_args,
             ],
         )
-        self.agent = self.site.start_agent("fuzz-orchestrator")
+        self.agent = self.start_agent("fuzz-orchestrator")
         self.targets = outside_targets(self.workdir, self.volume)
         self.conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
 
@@ -427,6 +474,7 @@ class HttpSurface(Surface):
             if i % 5000 == 4999:
                 self.oversize()
                 self.alive_check()
+                self.tick(i)
                 continue
             path = rng.choice(ORCH_ENDPOINTS)
             method = rng.choice(["GET", "POST", "POST", "POST", "PUT", "DELETE"])
@@ -450,13 +498,14 @@ class HttpSurface(Surface):
                 reason = "(not JSON)" if status not in (0, 200) else ""
             words = " ".join(reason.replace(":", " ").split()[:3])[:40]
             self.refused[f"{status} {words}".strip()] += 1
+            self.tick(i)
 
 
 # ---- OCS task parameters -------------------------------------------------------------------
 
 
 class OcsSurface(Surface):
-    name = "OCS task parameters (recorder and orchestrator)"
+    name = "VisibilityRecorder task parameters"
 
     def start(self) -> None:
         self.data_dir = os.path.join(self.workdir, "vis")
@@ -474,7 +523,7 @@ class OcsSurface(Surface):
                 ["--access-policy", f"override:{FUZZ_PW2},fuzz-pw3"],
             ],
         )
-        self.agent = self.site.start_agent("fuzz-recorder")
+        self.agent = self.start_agent("fuzz-recorder")
         self.caller = WampCaller(self.site)
         self.uri = f"{self.site.hub_section['address_root']}.fuzz-recorder.ops"
 
@@ -527,25 +576,62 @@ class OcsSurface(Surface):
                 self.refused[f"not sendable: {type(e).__name__}"] += 1
                 continue
             code, message = reply[0], str(reply[1])
-            if "Traceback" in message or "OverflowError" in message:
-                self.crashes["traceback in answer"] += 1
-            if code == 0:  # ocs.OK: the op started, so the check let it through
-                self.accepted += 1
-                try:
-                    self.caller.call(self.uri, "wait", op, None, 10, FUZZ_PW2)
-                except Exception:
-                    pass
+            if crashed(message):
+                self.crashes["traceback or CRASH in the answer"] += 1
+            if code == 0:  # ocs.OK: the op started, so ocs's checks let it through
+                self.task_outcome(op)
             else:
-                self.refused[" ".join(message.split()[:5])[:50]] += 1
-            if i % 20000 == 19999:
-                self.alive_check()
+                self.refused[reason_of(message)] += 1
+            self.tick(i)
+
+    def task_outcome(self, op: str) -> None:
+        """Wait for a started task; count it accepted if it succeeded, else refused by the
+        first words of its last message (what the agent's own checks answered)."""
+        try:
+            done = self.caller.call(self.uri, "wait", op, None, 10, FUZZ_PW2)
+        except Exception as e:
+            self.refused[f"wait failed: {type(e).__name__}"] += 1
+            return
+        session = done[2] if len(done) > 2 else {}
+        if session.get("success"):
+            self.accepted += 1
+            self.succeeded[op] += 1
+            return
+        msgs = [m for _, m in session.get("messages", []) if not m.startswith("Status is now")]
+        if any(crashed(m) for m in msgs):
+            self.crashes["traceback or CRASH in the task's messages"] += 1
+        self.refused[f"in the task: {reason_of(' '.join(msgs[-1:])) or 'ended'}"] += 1
+
+
+def crashed(message: str) -> bool:
+    """An answer showing an exception the agent did not handle: ocs says ``CRASH:`` for
+    one raised by a parameter check (``during param pre-processing``) or by the task."""
+    return any(w in message for w in ("Traceback", "OverflowError", "CRASH"))
+
+
+def reason_of(message: str) -> str:
+    """A refusal message's first words, the refused value and numbers left out (ocs's
+    checks name the value: ``Param 'port'=1e+308 is not of required type``), so that
+    messages group by reason."""
+    value = r"'=.*?(?= is not of| could not be| is not in)"
+    message = re.sub(value, "'=<value>", message, count=1, flags=re.S)
+    words = " ".join(message.split()[:6])
+    return re.sub(r"-?\d[\d_.eE+-]*", "<n>", words)[:60]
 
 
 # ---- FileOrchestrator: files on a watched volume -----------------------------------------
 
 
+#: files on the volume at once; the longest a batch waits for the discovery to read it
+FILES_BATCH = 2000
+FILES_DWELL_S = 120.0
+
+
 class FilesSurface(HttpSurface):
     name = "FileOrchestrator watched volume (files)"
+    # give up on a file that never becomes HDF5 after 2 s (not 10), and scan every 5 s: a
+    # folder named like a file is seen by a scan only
+    extra_args = [["--read-retry-timeout", 2.0], ["--rescan-interval", 5.0]]
 
     def counters(self) -> dict:
         return self.get_stats()
@@ -582,21 +668,49 @@ class FilesSurface(HttpSurface):
         with open(path, "rb") as f:
             return f.read()
 
+    def seen(self) -> int:
+        """Files the discovery has finished with: taken, or refused (counted by reason)."""
+        found = self.get_stats().get("discovery", {})
+        return found.get("discovered", 0) + sum(
+            v for k, v in found.items() if k.startswith("refused_") and k != "refused_memory_full"
+        )
+
     def send(self, count: int) -> None:
         import shutil
 
         paths = []
+        self.read_before_deletion = 0
         for i, path in enumerate(self.garbage_files(count)):
             paths.append(path)
-            if len(paths) >= 2000 or i == count - 1:
-                time.sleep(1.0)  # let discovery read the batch before it goes
+            if len(paths) >= FILES_BATCH or i == count - 1:
+                # each batch stays until the discovery has read (and refused) all of it, so
+                # every file is really read; bounded: a file it never finishes is reported
+                target = self.seen_before + len(paths)
+                try:
+                    wait_for(
+                        lambda target=target: self.seen() >= target,
+                        FILES_DWELL_S,
+                        "the discovery to read the batch",
+                        interval=0.2,
+                    )
+                except TimeoutError:
+                    self.refused["batch deleted before discovery read all of it"] += 1
+                self.seen_before = self.seen()
                 for p in paths:
                     if os.path.isdir(p) and not os.path.islink(p):
                         shutil.rmtree(p)
                     else:
                         os.unlink(p)
                 paths.clear()
-                self.alive_check()
+                self.tick(i)
+
+    def settle(self) -> None:
+        read = self.seen() - self.seen_at_start
+        self.notes.append(f"the discovery read {read:,} of the files before their deletion")
+
+    def start(self) -> None:
+        super().start()
+        self.seen_at_start = self.seen_before = self.seen()
 
 
 # ---- GWDataBuffer: HTTP ------------------------------------------------------------------
@@ -636,7 +750,7 @@ class GwSurface(HttpSurface):
                 ["--max-size", 10_000_000],
             ],
         )
-        self.agent = self.site.start_agent("fuzz-gw")
+        self.agent = self.start_agent("fuzz-gw")
         self.conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
 
     def get(self, path: str) -> dict:
@@ -718,8 +832,7 @@ class GwSurface(HttpSurface):
             if status == 200 and path == "/streamdata" and "CREATED" in reason:
                 self.accepted += 1
             self.refused[f"{status} {reason[:30]}".strip()] += 1
-            if i % 20000 == 19999:
-                self.alive_check()
+            self.tick(i)
 
 
 # ---- DAQWriter: OCS task parameters --------------------------------------------------------
@@ -747,7 +860,7 @@ class DaqSurface(OcsSurface):
                 ["--access-policy", f"override:{FUZZ_PW2},fuzz-pw3"],
             ],
         )
-        self.agent = self.site.start_agent("fuzz-daq")
+        self.agent = self.start_agent("fuzz-daq")
         self.caller = WampCaller(self.site)
         self.uri = f"{self.site.hub_section['address_root']}.fuzz-daq.ops"
         self.targets = outside_targets(self.workdir, self.root) + [
@@ -755,6 +868,12 @@ class DaqSurface(OcsSurface):
             os.path.join(self.root, "no", "such", "dir", "f.h5"),
             self.root,
         ]
+
+    def counters(self) -> dict:
+        """The writer's own counters (``refused`` counts every request its checks refuse)."""
+        self.caller.call(self.uri, "start", "status", {}, None, FUZZ_PW2)
+        done = self.caller.call(self.uri, "wait", "status", None, 10, FUZZ_PW2)
+        return {"counters": (done[2].get("data") or {}).get("counters", {})}
 
     def state(self) -> object:
         files = sorted(os.listdir(self.root))
@@ -788,27 +907,13 @@ class DaqSurface(OcsSurface):
                 self.refused[f"not sendable: {type(e).__name__}"] += 1
                 continue
             code, message = reply[0], str(reply[1])
-            if "Traceback" in message or "OverflowError" in message:
-                self.crashes["traceback in answer"] += 1
-            if code == 0:
-                # the task started: its checks inside refuse the request; wait for the answer
-                try:
-                    done = self.caller.call(self.uri, "wait", "write", None, 10, FUZZ_PW2)
-                    session = done[2] if len(done) > 2 else {}
-                    if session.get("success"):
-                        self.accepted += 1
-                    msgs = [
-                        m
-                        for _, m in session.get("messages", [])
-                        if not m.startswith("Status is now")
-                    ][-1:]
-                    self.refused[" ".join(" ".join(msgs).split()[:5])[:50] or "ended"] += 1
-                except Exception as e:
-                    self.refused[f"wait failed: {type(e).__name__}"] += 1
+            if crashed(message):
+                self.crashes["traceback or CRASH in the answer"] += 1
+            if code == 0:  # the task started: its checks inside refuse the request
+                self.task_outcome("write")
             else:
-                self.refused[" ".join(message.split()[:5])[:50]] += 1
-            if i % 20000 == 19999:
-                self.alive_check()
+                self.refused[reason_of(message)] += 1
+            self.tick(i)
 
 
 SURFACES = {
@@ -825,6 +930,7 @@ def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> l
     surface = SURFACES[key](site, os.path.join(tmp, key), random.Random(seed))
     os.makedirs(surface.workdir, exist_ok=True)
     surface.start()
+    surface.warmup = max(1, int(count * WARMUP_SHARE))
     pid = surface.agent.proc.pid
     state0, counters0, rss0, tb0 = surface.state(), surface.counters(), rss_kib(pid), 0
     tb0 = tracebacks(surface.agent)
@@ -839,6 +945,9 @@ def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> l
     state1 = surface.state() if surface.agent.alive() else "agent gone"
     counters1 = surface.counters() if surface.agent.alive() else {}
     rss1 = rss_kib(pid) if surface.agent.alive() else 0
+    if surface.agent.alive():
+        surface.snapshot()
+    rss_warm = surface.rss_warm or rss1
     own = counter_diff(
         counters0,
         counters1,
@@ -853,13 +962,34 @@ def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> l
     shown = "; ".join(f"{k}: {v:,}" for k, v in top[:8])
     if len(top) > 8:
         shown += f"; (+{len(top) - 8} more reasons)"
-    print(f"[{key}] {count:,} sent in {seconds:.0f} s; refused {shown}", flush=True)
+    every = "; ".join(f"{k}: {v:,}" for k, v in top[:30])
+    more = f"; (+{len(top) - 30} more reasons)" if len(top) > 30 else ""
+    print(f"[{key}] {count:,} sent in {seconds:.0f} s; refused {every}{more}", flush=True)
     print(
         f"[{key}] accepted {surface.accepted:,}; crashes {dict(surface.crashes)}; "
         f"state {state0} -> {state1}; "
-        f"RSS {rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB",
+        f"RSS {mib(rss0)} -> {mib(rss_warm)} after {surface.warmup:,} -> {mib(rss1)} MiB "
+        f"(after the warm-up: {(rss1 - rss_warm) / 1024:+.1f} MiB)",
         flush=True,
     )
+    if isinstance(surface, OcsSurface):
+        answered = sum(surface.refused.values()) + surface.accepted
+        print(
+            f"[{key}] answered {answered:,} of {count:,} calls; succeeded "
+            f"{dict(surface.succeeded)}",
+            flush=True,
+        )
+        in_task = sum(v for k, v in surface.refused.items() if k.startswith("in the task"))
+        at_call = answered - in_task - surface.accepted
+        print(
+            f"[{key}] refused at the call (ocs's parameter checks): {at_call:,}; started and "
+            f"refused by the agent's own checks: {in_task:,}",
+            flush=True,
+        )
+    for note in surface.notes:
+        print(f"[{key}] {note}", flush=True)
+    if len(surface.snapshots) >= 2:
+        print_growth(key, surface.snapshots[0], surface.snapshots[-1])
     surface.agent.stop()
     site.agents.remove(surface.agent)
     return [
@@ -868,9 +998,23 @@ def run_surface(key: str, site: LocalSite, tmp: str, count: int, seed: int) -> l
         shown or "none",
         str(sum(surface.crashes.values())),
         "0" if state0 == state1 else f"changed: {state0} -> {state1}",
-        f"{rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB",
+        f"{mib(rss0)} -> {mib(rss_warm)} -> {mib(rss1)} MiB",
         f"{seconds:.0f} s",
     ]
+
+
+def mib(kib: int) -> str:
+    return f"{kib / 1024:.0f}"
+
+
+def print_growth(key: str, first: str, last: str, lines: int = 12) -> None:
+    """The source lines whose traced memory grew most from one snapshot to the other."""
+    import tracemalloc
+
+    before, after = tracemalloc.Snapshot.load(first), tracemalloc.Snapshot.load(last)
+    print(f"[{key}] tracemalloc, end of warm-up -> end (snapshots {first}, {last}):")
+    for stat in after.compare_to(before, "lineno")[:lines]:
+        print(f"[{key}]   {stat}")
 
 
 def main() -> None:
@@ -879,7 +1023,10 @@ def main() -> None:
     parser.add_argument("--surfaces", default=",".join(SURFACES))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--memtrace", metavar="DIR", help="run the agents under tracemalloc")
     args = parser.parse_args()
+    global MEMTRACE_DIR
+    MEMTRACE_DIR = os.path.abspath(args.memtrace) if args.memtrace else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalSite(os.path.join(tmp, "site")) as site:
         for key in args.surfaces.split(","):
@@ -892,7 +1039,15 @@ def main() -> None:
                 for agent in list(site.agents):
                     agent.kill()
                     site.agents.remove(agent)
-    header = ["surface", "sent", "refused by reason", "crashes", "state changes", "RSS", "time"]
+    header = [
+        "surface",
+        "sent",
+        "refused by reason",
+        "crashes",
+        "state changes",
+        "RSS MiB: start, after warm-up, end",
+        "time",
+    ]
     emit(
         rst_table(header, rows, "Generated hostile inputs to live agents on a real hub."),
         DOCS if args.write_docs else None,

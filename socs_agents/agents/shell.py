@@ -21,6 +21,7 @@ from twisted.internet import reactor
 
 from ..runtime import reporter, start_logging
 from . import CONTROL_PRIVS  # noqa: F401  (the agents import it from here)
+from ._ops import release_finished_sessions
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def run_agent(
     )
     shell_class.check_args(parsed)
     agent, runner = ocs_agent.init_site_agent(parsed)
+    release_finished_sessions(agent)  # else ocs keeps every session: see _ops.py
     shell = shell_class(agent, parsed)
     for operation in shell.operations():
         operation.register(agent)

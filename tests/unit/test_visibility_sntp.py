@@ -69,6 +69,9 @@ def test_query_errors():
             query("127.0.0.1", server.port, timeout=2)
     with pytest.raises(SNTPError, match="cannot resolve"):
         query("no-such-host.invalid", 123, timeout=1)
+    # a bool is an int, but getaddrinfo raises a plain OSError for it (the fuzz found it)
+    with pytest.raises(SNTPError, match="cannot resolve"):
+        query("127.0.0.1", True, timeout=1)
 
 
 def test_a_reply_to_another_request_is_ignored():

@@ -95,7 +95,9 @@ class DAQWriter(AgentShell):
     # ---- tasks ---------------------------------------------------------------------------
 
     @ocs_agent.param("run_id", default=None)
-    @ocs_agent.param("timeout", default=None, type=float)
+    # no type=float: ocs would convert a huge integer and crash (OverflowError); the
+    # request's own check refuses anything but a number within the bounds (bad_timeout)
+    @ocs_agent.param("timeout", default=None)
     @ocs_agent.param("output_file", type=str)
     @ocs_agent.param("n_images", type=int)
     def write(self, session, params):

@@ -69,6 +69,11 @@ def refusal_fields(refusals: dict) -> dict:
     return out
 
 
+def _positive_seconds(value) -> bool:
+    """A number of seconds in (0, 1 day], of any numeric type, never converted."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 86400
+
+
 class GWDataBuffer(AgentShell):
     """The data buffer: HTTP front, store, freeze and clean, SupRsync registration."""
 
@@ -303,7 +308,9 @@ class GWDataBuffer(AgentShell):
         session.data = self._call(collect)
         return True, "stats: done"
 
-    @ocs_agent.param("interval", default=None, type=float)
+    # a check, not type=float: ocs would convert a huge integer and crash (OverflowError);
+    # a comparison refuses it, and NaN, infinities and intervals <= 0 (a busy loop), cheaply
+    @ocs_agent.param("interval", default=None, check=_positive_seconds)
     @ocs_agent.param("test_mode", default=False, type=bool)
     def monitor(self, session, params):
         """monitor(interval=None, test_mode=False)

@@ -197,7 +197,7 @@ class VisibilityManager(AgentShell):
 
     @ocs_agent.param("timeout", default=2.0, type=float, cast=Bounded(0, 30))
     @ocs_agent.param("set_clock", default=False, type=bool)
-    @ocs_agent.param("port", default=123, type=int, check=lambda p: 0 < p < 65536)
+    @ocs_agent.param("port", default=123, type=int, check=lambda p: p is not True and 0 < p < 65536)
     @ocs_agent.param("server", type=str)
     def sync(self, session, params):
         """sync(server, port=123, set_clock=False, timeout=2.0)

@@ -172,7 +172,7 @@ class VisibilityRecorder(AgentShell):
 
     @ocs_agent.param("timeout", default=2.0, type=float, cast=Bounded(0, 30))
     @ocs_agent.param("set_clock", default=False, type=bool)
-    @ocs_agent.param("port", default=123, type=int, check=lambda p: 0 < p < 65536)
+    @ocs_agent.param("port", default=123, type=int, check=lambda p: p is not True and 0 < p < 65536)
     @ocs_agent.param("server", type=str)
     def sync(self, session, params):
         """sync(server, port=123, set_clock=False, timeout=2.0)
@@ -491,6 +491,8 @@ class VisibilityRecorder(AgentShell):
 
     def shutdown(self) -> defer.Deferred:
         """Before the reactor stops: stop the workers and the engine off the reactor."""
+        # the monitor loop first: it reads the schedule, which is closed at the end
+        self._monitor_stop.set()
         stopper = runtime.SerialWorker("shutdown", max_queue=1)
         d = stopper.submit(self._stop_workers, 10.0)
 

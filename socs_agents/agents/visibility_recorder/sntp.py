@@ -137,7 +137,7 @@ def query(
     """
     try:
         infos = socket.getaddrinfo(server, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
+    except OSError as e:  # gaierror, or a port getaddrinfo does not take (True)
         raise SNTPError(f"cannot resolve NTP server {server!r}: {e}") from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
