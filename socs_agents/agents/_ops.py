@@ -1,15 +1,18 @@
 """What every agent's OCS shell needs from ocs's operation machinery beyond ocs itself.
 
 :func:`release_finished_sessions` keeps an agent's memory bounded however many task calls
-arrive: :func:`~socs_agents.agents.shell.run_agent` calls it on every agent, right after
+arrive, and :func:`stop_sessions_promptly` lets an agent stop as soon as its operations
+have: :func:`~socs_agents.agents.shell.run_agent` applies both to every agent, right after
 ``ocs_agent.init_site_agent``.
 """
 
 from __future__ import annotations
 
+import time
+
 import ocs
 from ocs import ocs_agent
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
 
 def release_finished_sessions(agent: ocs_agent.OCSAgent) -> None:
@@ -52,3 +55,36 @@ def _stop_purger(result, session: ocs_agent.OpSession):
         purger.addErrback(lambda failure: failure.trap(defer.CancelledError))
         purger.cancel()
     return result
+
+
+def stop_sessions_promptly(agent: ocs_agent.OCSAgent, limit_s: float = 3.0) -> None:
+    """At shutdown, wait for the running operations to end, at most ``limit_s`` seconds,
+    rather than always ``limit_s``.
+
+    Why: ocs (0.12) stops every running session and then sleeps a fixed 3 s, twice in a
+    shutdown (on the signal and again when the session leaves): every agent took 6 s to
+    stop even with nothing running, which a HostManager restart and every test pays. The
+    same stop and abort calls are made; only the fixed sleep becomes a bounded wait for
+    the sessions to be done.
+    """
+    if not hasattr(agent, "_stop_all_running_sessions"):
+        return  # another ocs: keep its own way
+
+    @defer.inlineCallbacks
+    def stop_all_running_sessions():
+        agent.log.info("Stopping all running sessions")
+        for name, session in list(agent.sessions.items()):
+            if session is None or session.status in ("stopping", "done"):
+                continue
+            agent.log.info("Stopping session {sess}", sess=name)
+            if name in agent.tasks:
+                yield agent.abort(name)
+            elif name in agent.processes:
+                yield agent.stop(name)
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and any(
+            s is not None and s.status != "done" for s in agent.sessions.values()
+        ):
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+    agent._stop_all_running_sessions = stop_all_running_sessions

@@ -14,12 +14,13 @@ import argparse
 import gc
 import json
 import sys
+import time
 
 from autobahn.wamp.types import ComponentConfig
 from ocs import ocs_agent
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 
-from socs_agents.agents._ops import release_finished_sessions
+from socs_agents.agents._ops import release_finished_sessions, stop_sessions_promptly
 
 
 class Probe:
@@ -76,6 +77,13 @@ def drive(agent: ocs_agent.OCSAgent, calls: int, out: dict):
         agent.stop("loop")
         yield agent.wait("loop", timeout=5)
         out["loop_after_stop"] = agent.sessions["loop"].status
+        # a shutdown with the process running: how long ocs's stop of every session takes
+        agent.start("loop")
+        yield task.deferLater(reactor, 0.2, lambda: None)  # ocs launches it on the next turn
+        t0 = time.monotonic()
+        yield agent._stop_all_running_sessions()
+        out["stop_all_s"] = time.monotonic() - t0
+        out["loop_after_stop_all"] = agent.sessions["loop"].status
     except Exception as e:  # reported to the test, not lost in the reactor
         out["error"] = repr(e)
     finally:
@@ -95,6 +103,7 @@ def main() -> None:
     if mode == "release":
         release_finished_sessions(agent)
         release_finished_sessions(agent)  # idempotent
+        stop_sessions_promptly(agent)
     probe = Probe()
     agent.register_task("ping", probe.ping, blocking=False)
     agent.register_task("work", probe.work)

@@ -40,6 +40,9 @@ def test_finished_sessions_are_freed_and_still_answer():
     assert result["ping_data"] == "pong"
     assert result["fails_wait"] == [0, "done", False]
     assert result["loop_after_stop"] == "done"
+    # the shutdown's stop of every session waits for the process to end, not a fixed 3 s
+    assert result["loop_after_stop_all"] == "done"
+    assert result["stop_all_s"] < 1.5, result["stop_all_s"]
 
 
 def test_without_the_release_ocs_keeps_every_session():
@@ -47,6 +50,8 @@ def test_without_the_release_ocs_keeps_every_session():
     workaround in _ops.py can go."""
     result = probe("keep")
     assert result["live_sessions"] > result["started"]
+    # and ocs's own stop of every session sleeps 3 s whatever runs
+    assert result["stop_all_s"] >= 3.0
 
 
 def test_no_task_parameter_of_any_agent_crashes_ocs_checks():
