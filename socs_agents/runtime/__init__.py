@@ -2,7 +2,8 @@
 writes and logging. Plain Python; nothing here imports ocs, so each piece is tested alone.
 
 * :mod:`.workers`: :class:`SerialWorker` and :class:`WorkerPool` (jobs that answer with a
-  Deferred on the reactor), :class:`Inbox` and :func:`start_thread` for a long-running loop.
+  Deferred on the reactor), :class:`Inbox` and :func:`start_thread` for a long-running loop,
+  :class:`ReactorThread` for a server that owns its state on a thread of its own.
 * :mod:`.store`: :func:`connect` with a named :class:`Durability`, :func:`transaction`.
 * :mod:`.files`: :func:`durable_write`, :func:`durable_file` and :func:`commit_file`.
 * :mod:`.logs`: :data:`Report`, :func:`reporter`, :func:`start_logging`, :class:`RateLimit`.
@@ -30,6 +31,7 @@ from .store import (
 from .workers import (
     Inbox,
     QueueFull,
+    ReactorThread,
     SerialWorker,
     WorkerPool,
     WorkerStopped,
@@ -42,6 +44,7 @@ __all__ = [
     "Inbox",
     "QueueFull",
     "RateLimit",
+    "ReactorThread",
     "Report",
     "SerialWorker",
     "WorkerPool",

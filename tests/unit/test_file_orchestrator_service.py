@@ -1,4 +1,4 @@
-"""The state's worker: jobs in order, a locked database waited out with nothing lost, Busy
+"""The state's thread: jobs in order, a locked database waited out with nothing lost, Busy
 past the limit, a snapshot that never waits. Real SQLite, a second real connection holds
 the write lock."""
 
@@ -24,8 +24,7 @@ def db_path(tmp_path):
 def service(db_path):
     svc = StateService(lambda: State(db_path), lock_limit=30)
     yield svc
-    svc.worker.call(svc.state.close).result(5)
-    svc.worker.stop(drain=False, timeout=2)
+    svc.close_now()
 
 
 def hold_lock(db_path):
@@ -34,7 +33,7 @@ def hold_lock(db_path):
     return con
 
 
-def test_state_is_built_and_used_on_the_worker_thread(service):
+def test_state_is_built_and_used_on_its_own_thread(service):
     names = service.run(lambda state: threading.current_thread().name)
     assert names == "orchestrator-state"
     assert service.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(1, 0)])["added"] == 1
@@ -91,8 +90,7 @@ def test_busy_after_the_limit_and_the_state_unchanged(db_path):
         assert svc.figures()["lock_timeouts"] == 1
         assert svc.run(State.request, TR, 1)["credits"] == 1
     finally:
-        svc.worker.call(svc.state.close).result(5)
-        svc.worker.stop(drain=False, timeout=2)
+        svc.close_now()
 
 
 def test_a_full_queue_is_overloaded_not_dropped(db_path):
@@ -108,7 +106,7 @@ def test_a_full_queue_is_overloaded_not_dropped(db_path):
         assert first.result(5) is True
     finally:
         gate.set()
-        svc.worker.stop(drain=False, timeout=2)
+        svc.close_now()
 
 
 class PumpedReactor:
@@ -129,13 +127,13 @@ class PumpedReactor:
             fn(*args)
 
 
-def test_reactor_jobs_run_in_batches_in_order_and_each_gets_its_answer(db_path):
+def test_jobs_from_the_agents_reactor_run_in_order_and_each_gets_its_answer(db_path):
     reactor = PumpedReactor()
     svc = StateService(lambda: State(db_path), reactor=reactor)
     try:
         svc.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(n, 0) for n in range(1, 41)])
         gate = threading.Event()
-        svc.call(lambda state: gate.wait(5))  # hold the worker: the next jobs pile up
+        svc.call(lambda state: gate.wait(5))  # hold the thread: the next jobs pile up
         got = []
         for i in range(40):
             d = (
@@ -152,15 +150,15 @@ def test_reactor_jobs_run_in_batches_in_order_and_each_gets_its_answer(db_path):
         assert [g.trigger_number for g in got[1::2]] == list(range(1, 21))
         assert svc.snapshot["reads"] == 20
     finally:
-        svc.worker.call(svc.state.close).result(5)
-        svc.worker.stop(drain=False, timeout=2)
+        svc.close_now()
 
 
 def test_reactor_jobs_over_the_bound_are_overloaded(db_path):
     from socs_agents.agents.file_orchestrator.state import Overloaded
 
     reactor = PumpedReactor()
-    svc = StateService(lambda: State(db_path), max_queue=3, reactor=reactor)
+    # one bound over every job: the held one and three more
+    svc = StateService(lambda: State(db_path), max_queue=4, reactor=reactor)
     gate = threading.Event()
     try:
         svc.call(lambda state: gate.wait(5))
@@ -176,5 +174,40 @@ def test_reactor_jobs_over_the_bound_are_overloaded(db_path):
         assert [g["credits"] for g in got] == [1, 2, 3]
     finally:
         gate.set()
-        svc.worker.call(svc.state.close).result(5)
-        svc.worker.stop(drain=False, timeout=2)
+        svc.close_now()
+
+
+def test_a_job_from_the_states_own_thread_runs_at_once_and_a_lock_never_stalls_the_thread(
+    service, db_path
+):
+    """HTTP handlers submit on the state's thread: the answer comes within the same call
+    (no hand-over); while another process holds the lock, their jobs wait in order and the
+    thread itself stays free for what needs no state."""
+    service.run(State.add_file, "h", "/d/a.hdf5", 1, TR, [(n, 0) for n in range(1, 3)])
+
+    def at_once():
+        got = []
+        service.submit_here(State.request, TR, 1).addCallback(got.append)
+        return got  # filled before submit_here returned
+
+    assert [a["credits"] for a in service.thread.call(at_once).result(5)] == [1]
+    locker = hold_lock(db_path)
+    got: list = []
+    try:
+
+        def held():
+            service.submit_here(State.request, TR, 1).addCallback(got.append)
+            service.submit_here(State.read_next, "h", TR).addCallback(got.append)
+            return list(got)
+
+        assert service.thread.call(held).result(5) == []
+        wait_for(lambda: service.figures()["lock_waiting_s"] > 0.3, 5, "a job waiting")
+        for _ in range(5):  # the thread answers at once, between two attempts
+            t0 = time.perf_counter()
+            service.thread.call(lambda: service.snapshot).result(5)
+            assert time.perf_counter() - t0 < 0.05
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    wait_for(lambda: len(got) == 2, 10, "both answers")
+    assert got[0]["credits"] == 2 and got[1].trigger_number == 1

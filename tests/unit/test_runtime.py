@@ -412,3 +412,57 @@ def test_inbox_keeps_order_across_threads_and_close_wakes_a_waiting_loop():
     consumer.join(5)
     assert not consumer.is_alive()
     assert got == list(range(20_000)) and len(inbox) == 0
+
+
+# ---- a reactor of its own ----------------------------------------------------------------
+
+
+def test_reactor_thread_serves_http_and_runs_calls_on_its_own_thread(tmp_path):
+    import sys
+    import urllib.request
+
+    from twisted.python import threadable
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from socs_agents.runtime import ReactorThread
+
+    global_reactor_before = "twisted.internet.reactor" in sys.modules
+    io_thread_before = threadable.ioThread
+    loop = ReactorThread("t-own-reactor")
+    try:
+        assert loop.call(lambda: threading.current_thread().name).result(5) == "t-own-reactor"
+        with pytest.raises(ZeroDivisionError):
+            loop.call(lambda: 1 / 0).result(5)
+        timer: list = []
+        loop.call(loop.reactor.callLater, 0.01, lambda: timer.append(loop.in_thread()))
+        deadline = time.monotonic() + 5
+        while not timer and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert timer == [True]
+
+        served: list = []
+
+        class Here(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):  # noqa: N802 (twisted.web's name)
+                served.append(threading.current_thread().name)
+                return b"ok"
+
+        site = Site(Here(), reactor=loop.reactor)
+        port = loop.call(loop.reactor.listenTCP, 0, site, 50, "127.0.0.1").result(5)
+        url = f"http://127.0.0.1:{port.getHost().port}/x"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert answer.read() == b"ok"
+        assert served == ["t-own-reactor"]
+        # the agent's reactor stays Twisted's I/O thread, and none was installed
+        assert threadable.ioThread == io_thread_before
+        assert ("twisted.internet.reactor" in sys.modules) == global_reactor_before
+    finally:
+        assert loop.stop(timeout=5)
+    assert not loop.thread.is_alive()
+    with pytest.raises(OSError):  # its shutdown closed the listening port
+        urllib.request.urlopen(url, timeout=2)
+    with pytest.raises(WorkerStopped):
+        loop.call(lambda: None).result(1)

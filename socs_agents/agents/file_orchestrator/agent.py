@@ -1,13 +1,14 @@
 """FileOrchestrator: the DUNE data-filter orchestrator as an OCS agent.
 
 Serves the orchestrator's HTTP API (the real ``FilterOrchestratorClient`` endpoints and the
-README's) from the agent's reactor, watches volumes for closed HDF5 files, hands trigger
+README's), watches volumes for closed HDF5 files, hands trigger
 records and time slices to Dispatchers against credits from the Data Filter, leases what it
 hands out, and keeps all of it in SQLite so that a restart loses nothing.
 
-Threads: the reactor routes HTTP and runs the loops' timers; the state (and its SQLite
-connection) lives on one serial worker (:class:`~.service.StateService`) that HTTP
-handlers, OCS tasks, discovery and the loops submit to; SupRsync registration and WAL
+Threads: the state (and its SQLite connection) and the HTTP API live on one thread with a
+reactor of its own (:class:`~.service.StateService`), so a request runs its job where it
+was read; OCS tasks, discovery and the loops submit their jobs to it. The agent's reactor
+runs OCS and the loops' timers and never touches SQLite. SupRsync registration and WAL
 checkpoints have a worker each; discovery has its loop thread.
 """
 
@@ -20,7 +21,6 @@ import threading
 import time
 
 from ocs import ocs_agent
-from twisted.internet import defer, reactor
 from twisted.internet.task import LoopingCall
 
 from ... import runtime
@@ -135,7 +135,7 @@ class FileOrchestrator(AgentShell):
     def listen(self) -> None:
         resource = OrchestratorResource(
             self.api,
-            self.service.submit,
+            self.service.submit_here,
             log_request=self._log_request,
             on_refusal=self._http_refusal,
         )
@@ -144,8 +144,9 @@ class FileOrchestrator(AgentShell):
             max_body_bytes=self.args.max_body_bytes,
             allowed_clients=self.allowed_clients,
             on_refusal=self._http_refusal,
+            reactor=self.service.loop,
         )
-        self.http_port = reactor.listenTCP(
+        self.http_port = self.service.listen_tcp(
             self.args.http_port, site, interface=self.args.http_interface
         )
         self.http = {"interface": self.args.http_interface, "port": self.http_port.getHost().port}
@@ -676,7 +677,7 @@ class FileOrchestrator(AgentShell):
     # ---- shutdown ------------------------------------------------------------------------
 
     def shutdown(self):
-        """Stop serving, let the state's worker finish what it was given, close."""
+        """Stop serving, let the state's thread finish what it was given, close."""
         if self._stopped:
             return None
         self._stopped = True
@@ -686,10 +687,7 @@ class FileOrchestrator(AgentShell):
                 loop.stop()
         if self.discovery is not None:
             self.discovery.stop(1.0)
-        d = self.http_port.stopListening() if self.http_port is not None else None
-        if d is None:
-            d = defer.succeed(None)
-        d.addBoth(lambda _: self.service.close())
+        d = self.service.close()  # stops listening first
 
         def close(_=None):
             self.checkpointer.stop(drain=False, timeout=1.0)

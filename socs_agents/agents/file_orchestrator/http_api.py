@@ -7,9 +7,10 @@ rejected request changes nothing. The state raises domain errors (:mod:`.state`)
 JSON; a 4xx never closes the connection (the real client keeps one socket and does not
 reconnect).
 
-The reactor only routes: a request that needs the state is a job on the state's worker
-(:class:`~.service.StateService`) and is answered when the job is done (``NOT_DONE_YET``);
-``GET /stats`` and ``GET /`` answer at once from the worker's snapshot. twisted.web's
+The site runs on the state's own thread (:class:`~.service.StateService`): a request that
+needs the state is a job there, answered when the job is done, at once unless the database
+is locked (``NOT_DONE_YET``); ``GET /stats`` and ``GET /`` answer from the snapshot and
+never wait for a locked database. twisted.web's
 ``HTTPChannel`` reads the next pipelined request of a connection only after the current one
 is answered, so answers stay in order per connection.
 """
@@ -255,7 +256,7 @@ def complete_args(body: dict) -> dict:
 
 # ---- routing (no twisted.web) ----------------------------------------------------------
 
-#: a handler: ``handler(state, raw body) -> answer`` (runs on the state's worker)
+#: a handler: ``handler(state, raw body) -> answer`` (runs on the state's thread)
 Handler = Callable[[State, bytes], dict]
 
 
@@ -371,7 +372,7 @@ def content_type_ok(value: bytes | None) -> bool:
 
 # ---- twisted.web -----------------------------------------------------------------------
 
-#: submits ``handler(state, raw)`` to the state's worker: a Deferred of the answer
+#: submits ``handler(state, raw)`` to the state: a Deferred of the answer
 Submit = Callable[[Handler, bytes], Any]
 #: ``on_refusal(endpoint, reason, detail)`` for every refused request
 OnRefusal = Callable[[str, str, str], None]
@@ -382,7 +383,7 @@ class OrchestratorResource(Resource):
 
     Args:
         api: the routes.
-        submit: runs a handler on the state's worker (``StateService.submit``).
+        submit: runs a handler on the state (``StateService.submit_here``): a Deferred.
         log_request: ``log_request(method, path, status, seconds)`` after every answer.
         on_refusal: ``on_refusal(endpoint, reason, detail)`` for every refused request,
             and with reason ``internal_error`` for an exception that is no domain error.
@@ -565,6 +566,7 @@ class OrchestratorSite(Site):
         max_body_bytes: the body limit.
         allowed_clients: client networks served (None: all).
         on_refusal: as for :class:`OrchestratorResource`.
+        reactor: the reactor the site runs on (its timeouts): the state's thread's.
     """
 
     requestFactory = OrchestratorRequest
@@ -576,8 +578,9 @@ class OrchestratorSite(Site):
         max_body_bytes: int = MAX_BODY_BYTES,
         allowed_clients: ClientAllowList | None = None,
         on_refusal: OnRefusal | None = None,
+        reactor=None,
     ) -> None:
-        super().__init__(resource, timeout=timeout)
+        super().__init__(resource, timeout=timeout, reactor=reactor)
         self.max_body_bytes = max_body_bytes
         self.allowed_clients = allowed_clients
         self.on_refusal = on_refusal

@@ -1,51 +1,61 @@
-"""The orchestrator's state on its own thread: one :class:`~socs_agents.runtime.SerialWorker`
-owns the :class:`~.state.State` (and its SQLite connection); everything else submits jobs.
+"""The orchestrator's state and its HTTP API on one thread of their own.
 
+A :class:`~socs_agents.runtime.ReactorThread` (a private Twisted reactor) owns the
+:class:`~.state.State` and its SQLite connection, and serves the HTTP API:
+
+* A request that needs the state runs its job there and then: no hand-over to another
+  thread and back, which cost about 130 us of CPU per request and a third of the read-next
+  rate on 2 cores (``benchmarks/file_orchestrator.py``). The agent's reactor (OCS, WAMP,
+  the timers) never runs SQLite; its jobs (``submit``) and those of blocking threads
+  (``call``, ``run``: OCS tasks, the discovery) come to the state's thread.
 * Jobs run one at a time in submission order, so HTTP answers, OCS tasks, discovery and the
-  lease loop see one consistent state, and the reactor never runs SQLite.
-* A job whose transaction meets another process's write lock is run again with backoff (the
-  state is unchanged by a failed transaction, see :mod:`.state`) until it succeeds or the
-  lock has lasted ``lock_limit`` seconds, then it fails with :class:`~.state.Busy`. Jobs
-  submitted meanwhile wait in order; nothing is lost.
-* After every job the worker takes :meth:`~.state.State.counts` into :attr:`snapshot`, which
-  ``GET /stats`` and OCS ``status`` read without waiting behind a blocked database.
-* Jobs submitted from the reactor wait in a queue of their own; the worker takes all that
-  are waiting in one turn and hands their answers back in one reactor call. With several
-  clients at once this saves a thread wake-up and a reactor wake-up per request (the
-  hand-over costs about 60 us of CPU on the 2 shared cores), in the same order.
+  lease loop see one consistent state.
+* A transaction that meets another process's write lock gives up within the state's busy
+  timeout (a few milliseconds; the state is unchanged by a failed transaction, see
+  :mod:`.state`). The job stays first in the queue and is tried again on a timer with
+  backoff until it succeeds or the lock has lasted ``lock_limit`` seconds, then it fails
+  with :class:`~.state.Busy`. Jobs submitted meanwhile wait behind it, in order; nothing is
+  lost, and the thread keeps serving what needs no state (``GET /stats``).
+* After every job the service takes :meth:`~.state.State.counts` into :attr:`snapshot`, which
+  ``GET /stats`` and OCS ``status`` read without waiting behind a locked database.
 
-No OCS import; Twisted only through the runtime's Deferreds.
+No OCS import.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 
-from ...runtime import QueueFull, Report, SerialWorker, WorkerStopped, is_locked, no_report
+from ...runtime import ReactorThread, Report, WorkerStopped, is_locked, no_report, run_blocking
 from .state import Busy, Overloaded, State
 
 #: first and longest pause between attempts of a locked transaction
 RETRY_FIRST_S, RETRY_MAX_S = 0.01, 0.25
-#: most reactor jobs run in one turn of the worker (their answers wait for the turn's end)
-BATCH = 16
+#: seconds the stop waits for the jobs already submitted before it fails the rest
+CLOSE_WAIT_S = 5.0
+
+#: ``deliver(ok, value)``: hands a job's result (or exception) to whoever submitted it
+Deliver = Callable[[bool, Any], None]
 
 
 class StateService:
-    """Runs ``fn(state, *args)`` jobs on the state's worker.
+    """Runs ``fn(state, *args)`` jobs on the state's thread.
 
     Args:
-        make_state: builds the :class:`State`; called on the worker thread (the thread that
+        make_state: builds the :class:`State`; called on the state's thread (the thread that
             owns it from then on).
         lock_limit: seconds a job keeps retrying a locked database before :class:`Busy`.
         max_queue: jobs waiting at most; one more fails with :class:`Overloaded`.
         report: ``report(level, text)`` for log lines.
-        sleep: pause between attempts (tests pass a fake).
+        reactor: the agent's reactor, where :meth:`submit` answers (the global one by
+            default; tests pass their own).
     """
 
     def __init__(
@@ -54,123 +64,170 @@ class StateService:
         lock_limit: float = 120.0,
         max_queue: int = 10_000,
         report: Report = no_report,
-        sleep: Callable[[float], None] = time.sleep,
         reactor=None,
     ) -> None:
         self.lock_limit = lock_limit
         self.max_queue = max_queue
         self.report = report
-        self.sleep = sleep
-        self.worker = SerialWorker("orchestrator-state", max_queue=max_queue, reactor=reactor)
+        self._agent_reactor = reactor
+        self.thread = ReactorThread("orchestrator-state")
+        #: the state thread's reactor: HTTP sites listen on it
+        self.loop = self.thread.reactor
         #: jobs that met a locked database at least once / that gave up with Busy
         self.lock_waits = 0
         self.lock_timeouts = 0
-        #: seconds the current job has waited for a lock (0 when none waits)
+        #: when the first job in the queue first met the lock (None: no job waits)
         self.waiting_since: float | None = None
-        self.state: State = self.worker.call(make_state).result()
+        # jobs accepted and not finished: counted under a lock at acceptance (any thread),
+        # so the bound holds even while the state's thread is busy with one long job
+        self._count = 0
+        self._count_lock = threading.Lock()
+        self._closed = False
+        # state thread only: the queue, whether it is being run, the pending retry
+        self._jobs: collections.deque = collections.deque()
+        self._running = False
+        self._retry = None
+        self._pause = RETRY_FIRST_S
+        self._ports: list = []
+        self.state: State = self.thread.call(make_state).result()
         self.snapshot: dict = self.state.counts()
-        #: reactor jobs waiting: (fn, args, Deferred); touched by the reactor (append) and
-        #: the worker (popleft), both atomic on a deque
-        self._waiting: collections.deque = collections.deque()
-        self._turn_queued = False  # reactor thread only
 
     # ---- submitting ----------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """Run ``fn(state, *args)`` on the worker; from the reactor thread. The Deferred
-        fails with :class:`Overloaded` at once when the queue is full."""
-        if len(self._waiting) >= self.max_queue:
-            return defer.fail(Overloaded(f"{len(self._waiting)} operations wait for the state"))
+    def submit_here(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(state, *args)``; from the state's thread (its HTTP handlers). The
+        Deferred fires on this thread, at once when nothing waits before the job."""
         d: defer.Deferred = defer.Deferred()
-        self._waiting.append((fn, args, d))
-        if not self._turn_queued:
-            self._queue_turn()
+        if self._accept(d.errback):
+            self._enqueue(fn, args, lambda ok, value: (d.callback if ok else d.errback)(value))
         return d
 
-    def _queue_turn(self) -> None:
-        self._turn_queued = True
-        turn = self.worker.submit(self._turn)
-        turn.addCallbacks(self._answer, self._turn_refused)
+    def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(state, *args)``; from the agent's reactor, where the Deferred fires. It
+        fails at once with :class:`Overloaded` when the queue is full."""
+        d: defer.Deferred = defer.Deferred()
+        if self._agent_reactor is None:
+            from twisted.internet import reactor  # the agent installs its reactor first
 
-    def _turn(self) -> list:
-        """On the worker: run the waiting reactor jobs (up to :data:`BATCH`)."""
-        answers = []
-        while len(answers) < BATCH:
-            try:
-                fn, args, d = self._waiting.popleft()
-            except IndexError:
-                break
-            try:
-                answers.append((d, True, self._run(fn, args)))
-            except Exception as exc:
-                answers.append((d, False, exc))
-        return answers
-
-    def _answer(self, answers: list) -> None:
-        """On the reactor: fire the Deferreds of one turn, in order; queue the next turn
-        for jobs that came meanwhile."""
-        self._turn_queued = False
-        if self._waiting:
-            self._queue_turn()
-        for d, ok, value in answers:
-            if ok:
-                d.callback(value)
-            else:
-                d.errback(value)
-
-    def _turn_refused(self, failure) -> None:
-        """The worker refused the turn (stopped, full): fail every waiting job."""
-        self._turn_queued = False
-        exc = Overloaded(str(failure.value))
-        while self._waiting:
-            self._waiting.popleft()[2].errback(exc)
+            self._agent_reactor = reactor
+        answer_on = self._agent_reactor.callFromThread
+        if self._accept(d.errback):
+            self.loop.callFromThread(
+                self._enqueue,
+                fn,
+                args,
+                lambda ok, value: answer_on(d.callback if ok else d.errback, value),
+            )
+        return d
 
     def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        """Like :meth:`submit`, from any thread: a Future."""
-        future = self.worker.call(self._run, fn, args)
-        exc = future.exception() if future.done() else None
-        if isinstance(exc, (QueueFull, WorkerStopped)):
-            failed: concurrent.futures.Future = concurrent.futures.Future()
-            failed.set_exception(Overloaded(str(exc)))
-            return failed
+        """Run ``fn(state, *args)``; from any thread: a Future of the answer."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._accept(future.set_exception):
+
+            def deliver(ok: bool, value: Any) -> None:
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+            self.loop.callFromThread(self._enqueue, fn, args, deliver)
         return future
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
-        """:meth:`call` and wait for the answer (from a thread that may block: OCS tasks,
-        the discovery loop)."""
+        """:meth:`call` and wait for the answer; from a thread that may block (OCS tasks,
+        the discovery loop), never from the state's thread."""
+        if self.thread.in_thread():
+            raise RuntimeError("StateService.run would wait for its own thread")
         wait = self.lock_limit + 60 if timeout is None else timeout
         return self.call(fn, *args).result(wait)
 
-    # ---- on the worker -------------------------------------------------------------------
+    def _accept(self, refuse: Callable[[BaseException], Any]) -> bool:
+        """Count one more job, or refuse it (``refuse(Overloaded)``) when the queue is full
+        or the service closed."""
+        with self._count_lock:
+            if self._closed:
+                reason = "the state is closed (the agent is stopping)"
+            elif self._count >= self.max_queue:
+                reason = f"{self._count} operations wait for the state"
+            else:
+                self._count += 1
+                return True
+        refuse(Overloaded(reason))
+        return False
 
-    def _run(self, fn: Callable[..., Any], args: tuple) -> Any:
-        first_lock: float | None = None
-        pause = RETRY_FIRST_S
+    # ---- on the state's thread -----------------------------------------------------------
+
+    def _enqueue(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
+        self._jobs.append((fn, args, deliver))
+        if not self._running and self._retry is None:
+            self._run_jobs()
+
+    def _run_jobs(self) -> None:
+        """Run the queued jobs in order; stop at a locked database and come back on a
+        timer. A job's answer may submit more jobs (an HTTP answer lets the connection's
+        next request in): they join the queue and run in this same pass."""
+        self._retry = None
+        self._running = True
         try:
-            while True:
+            while self._jobs:
+                fn, args, deliver = self._jobs[0]
                 try:
-                    return fn(self.state, *args)
+                    ok, value = True, fn(self.state, *args)
                 except Exception as exc:
-                    if not is_locked(exc):
-                        raise
-                    now = time.monotonic()
-                    if first_lock is None:
-                        first_lock = now
-                        self.waiting_since = now
-                        self.lock_waits += 1
-                        self.report("warn", "state database is locked by another process; waiting")
-                    if now - first_lock >= self.lock_limit:
-                        self.lock_timeouts += 1
-                        raise Busy(
-                            f"the state database stayed locked for {self.lock_limit:.0f} s "
-                            "(another process holds its write lock); try again later"
-                        ) from None
-                    self.sleep(pause)
-                    pause = min(pause * 2, RETRY_MAX_S)
+                    if is_locked(exc):
+                        if self._lock_wait_continues():
+                            self._retry = self.loop.callLater(self._pause, self._run_jobs)
+                            self._pause = min(self._pause * 2, RETRY_MAX_S)
+                            return
+                        exc = self._busy()
+                    ok, value = False, exc
+                self._jobs.popleft()
+                self._job_done()
+                try:
+                    deliver(ok, value)
+                except Exception as exc:  # a caller's callback failed: say so, keep going
+                    self.report("error", f"a state answer could not be delivered: {exc!r}")
         finally:
-            if first_lock is not None:
-                self.waiting_since = None
-            self.snapshot = self.state.counts()
+            self._running = False
+
+    def _lock_wait_continues(self) -> bool:
+        """The first job met a locked database: True to try it again later, False once the
+        lock has lasted ``lock_limit`` seconds."""
+        now = time.monotonic()
+        if self.waiting_since is None:
+            self.waiting_since = now
+            self.lock_waits += 1
+            self.report("warn", "state database is locked by another process; waiting")
+        return now - self.waiting_since < self.lock_limit
+
+    def _busy(self) -> Busy:
+        self.lock_timeouts += 1
+        return Busy(
+            f"the state database stayed locked for {self.lock_limit:.0f} s "
+            "(another process holds its write lock); try again later"
+        )
+
+    def _job_done(self) -> None:
+        if self.waiting_since is not None:
+            self.waiting_since = None
+        self._pause = RETRY_FIRST_S
+        with self._count_lock:
+            self._count -= 1
+        self.snapshot = self.state.counts()
+
+    # ---- HTTP ----------------------------------------------------------------------------
+
+    def listen_tcp(self, port: int, site, interface: str = "127.0.0.1"):
+        """Listen for ``site`` (built with ``reactor=self.loop``) on the state's thread; the
+        listening port, or the error (``CannotListenError``) raised here."""
+
+        def listen():
+            listening = self.loop.listenTCP(port, site, interface=interface)
+            self._ports.append(listening)
+            return listening
+
+        return self.thread.call(listen).result(10)
 
     # ---- figures and stop ----------------------------------------------------------------
 
@@ -178,18 +235,47 @@ class StateService:
         """The service's own counters (any thread)."""
         since = self.waiting_since
         return {
-            "queued": self.worker.pending + len(self._waiting),
+            "queued": self._count,
             "lock_waits": self.lock_waits,
             "lock_timeouts": self.lock_timeouts,
             "lock_waiting_s": round(time.monotonic() - since, 3) if since is not None else 0.0,
         }
 
     def close(self) -> defer.Deferred:
-        """Close the state after every job already submitted; then end the thread."""
-        d = self.worker.submit(lambda: self.state.close())
+        """Stop listening, close the state after the jobs already submitted (waiting
+        :data:`CLOSE_WAIT_S` at most, then failing the rest) and end the thread. From the
+        agent's reactor; the Deferred fires there."""
+        return run_blocking(self.close_now, name="orchestrator-state-stop")
 
-        def end(result):
-            self.worker.stop(drain=False, timeout=1.0)
-            return result
+    def close_now(self) -> None:
+        """:meth:`close`, blocking; from any thread but the state's."""
+        if not self.thread.thread.is_alive():
+            return
+        self.thread.call(self._stop_listening).result(CLOSE_WAIT_S)
+        last = self.call(lambda state: None)  # after every job submitted before it
+        with self._count_lock:
+            self._closed = True
+        try:
+            last.result(CLOSE_WAIT_S)
+        except Exception:  # a lock still held, or refused: the rest is failed below
+            pass
+        try:
+            self.thread.call(self._close_state).result(CLOSE_WAIT_S)
+        finally:
+            self.thread.stop(timeout=2.0)
 
-        return d.addBoth(end)
+    def _stop_listening(self) -> None:
+        for listening in self._ports:
+            listening.stopListening()
+        self._ports.clear()
+
+    def _close_state(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        stopped = WorkerStopped("the agent stopped before the job ran")
+        while self._jobs:
+            _fn, _args, deliver = self._jobs.popleft()
+            self._job_done()
+            deliver(False, stopped)
+        self.state.close()

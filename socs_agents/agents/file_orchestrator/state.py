@@ -185,7 +185,8 @@ class State:
         clock: wall-clock time source (persisted lease expiries are wall-clock times).
         on_file_done: called with a :class:`FileInfo` when every record of a file is done.
         busy_timeout_ms: how long one transaction waits for another process's write lock
-            before it raises (the caller retries, see the agent's ``StateService``).
+            before it raises. Short, because the thread that waits also serves HTTP; the
+            caller waits between attempts instead (the agent's ``StateService``).
     """
 
     def __init__(
@@ -195,7 +196,7 @@ class State:
         lease_timeslices: bool = False,
         clock: Callable[[], float] = time.time,
         on_file_done: Callable[[FileInfo], None] | None = None,
-        busy_timeout_ms: int = 250,
+        busy_timeout_ms: int = 5,
     ) -> None:
         self.db_path = os.path.abspath(db_path)
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
