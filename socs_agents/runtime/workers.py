@@ -291,7 +291,7 @@ class ReactorThread:
     For a server whose requests need state one thread owns (the orchestrator's SQLite
     state): the same thread reads the sockets and runs the state's jobs, so a request is
     never handed between threads. On 2 cores that hand-over (a wake-up and the GIL passed
-    both ways) cost the orchestrator about 130 us of CPU per request and a third of its
+    both ways) cost the orchestrator about 100 us of CPU per request and a quarter of its
     read-next rate (``benchmarks/file_orchestrator.py``).
 
     Whatever runs on the thread uses :attr:`reactor` (``Site(reactor=...)``, its

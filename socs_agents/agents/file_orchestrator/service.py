@@ -4,7 +4,7 @@ A :class:`~socs_agents.runtime.ReactorThread` (a private Twisted reactor) owns t
 :class:`~.state.State` and its SQLite connection, and serves the HTTP API:
 
 * A request that needs the state runs its job there and then: no hand-over to another
-  thread and back, which cost about 130 us of CPU per request and a third of the read-next
+  thread and back, which cost about 100 us of CPU per request and a quarter of the read-next
   rate on 2 cores (``benchmarks/file_orchestrator.py``). The agent's reactor (OCS, WAMP,
   the timers) never runs SQLite; its jobs (``submit``) and those of blocking threads
   (``call``, ``run``: OCS tasks, the discovery) come to the state's thread.

@@ -14,8 +14,8 @@ changes memory only after its transaction committed, so an operation that raises
 database) leaves the state as it was and may simply be called again.
 
 Operations return plain values and raise :class:`DomainError` subclasses; nothing here knows
-HTTP. Not thread-safe: the agent owns one instance on one
-:class:`~socs_agents.runtime.SerialWorker` and calls it from there only.
+HTTP. Not thread-safe: the agent owns one instance on the thread of its
+:class:`~.service.StateService` and calls it from there only.
 """
 
 from __future__ import annotations
