@@ -197,7 +197,9 @@ def stream(
     goes to writer i % writers), at most ``rate`` writes/s in all.
 
     Returns one ``(sent_at, latency_s, status, resp, body_index)`` per write, in completion
-    order (``time.monotonic`` seconds), appended to ``results`` (if given) as they come.
+    order (``time.monotonic`` seconds), appended to ``results`` (if given) as they come. A
+    writer whose server has gone (killed, stopped) ends there: a write with no answer is
+    not a result.
     """
     results = [] if results is None else results
     lock = threading.Lock()
@@ -214,7 +216,10 @@ def stream(
                     if wait > 0:
                         time.sleep(wait)
                 t0 = time.monotonic()
-                status, answer = client.post("/streamdata", bodies[i])
+                try:
+                    status, answer = client.post("/streamdata", bodies[i])
+                except OSError:  # the server is gone
+                    return
                 t1 = time.monotonic()
                 resp = answer.get("resp", "") if isinstance(answer, dict) else str(answer)
                 with lock:
