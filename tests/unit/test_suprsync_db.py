@@ -403,3 +403,26 @@ def test_allowed_root_that_is_a_link_is_resolved(tmp_path):
     (real / "f.g3").write_bytes(b"g3")
     roots = AllowedRoots([str(tmp_path / "smurf_data")])
     assert roots.check(str(tmp_path / "smurf_data" / "f.g3")) == str(real / "f.g3")
+
+
+def test_the_entry_rules_and_the_orchestrator_start_without_sqlalchemy():
+    """``socs_agents.db`` imports SQLAlchemy only when a database class is asked for: the
+    FileOrchestrator (which opens SupRsync later, on its registrar) starts without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import socs_agents.agents.file_orchestrator.agent\n"
+        "from socs_agents.db import BadFileEntry, make_entry\n"
+        "assert 'sqlalchemy' not in sys.modules, 'imported at start'\n"
+        "from socs_agents.db import SupRsyncDB\n"
+        "import socs_agents.db as db\n"
+        "assert 'sqlalchemy' in sys.modules and db.SupRsyncDB is SupRsyncDB\n"
+        "try:\n"
+        "    db.NoSuchName\n"
+        "except AttributeError:\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

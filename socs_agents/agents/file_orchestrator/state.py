@@ -20,6 +20,7 @@ HTTP. Not thread-safe: the agent owns one instance on the thread of its
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import time
@@ -217,6 +218,17 @@ class State:
     # ---- loading -------------------------------------------------------------------------
 
     def _load(self) -> None:
+        # Python's cyclic GC would run hundreds of times over the growing heap while 100,000
+        # records are built (a third of the load time, measured); they form no cycles.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_rows()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _load_rows(self) -> None:
         self.files: dict[int, FileInfo] = {}
         self.file_ids: dict[tuple[str, str], int] = {}
         self.records: dict[int, Record] = {}
