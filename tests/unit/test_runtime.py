@@ -425,6 +425,7 @@ def test_reactor_thread_serves_http_and_runs_calls_on_its_own_thread(tmp_path):
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
+    from socs_agents.dev.testing import wait_for
     from socs_agents.runtime import ReactorThread
 
     global_reactor_before = "twisted.internet.reactor" in sys.modules
@@ -436,9 +437,7 @@ def test_reactor_thread_serves_http_and_runs_calls_on_its_own_thread(tmp_path):
             loop.call(lambda: 1 / 0).result(5)
         timer: list = []
         loop.call(loop.reactor.callLater, 0.01, lambda: timer.append(loop.in_thread()))
-        deadline = time.monotonic() + 5
-        while not timer and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: timer, 5, "the timer on the thread's reactor")
         assert timer == [True]
 
         served: list = []
